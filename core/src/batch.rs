@@ -1,0 +1,728 @@
+//! Kafka RecordBatch v2 (magic 2): the unit Sluice receives, stores and serves.
+//!
+//! ```text
+//!  offset  size  field                    covered by CRC
+//!  0       8     baseOffset               no   (assigned by the broker, in place)
+//!  8       4     batchLength              no   (bytes after this field)
+//!  12      4     partitionLeaderEpoch     no   (stamped by the broker, in place)
+//!  16      1     magic (= 2)              no
+//!  17      4     crc (CRC-32C)            no
+//!  21      2     attributes               yes  bits 0-2 codec, 3 timestamp type,
+//!                                              4 transactional, 5 control, 6 delete horizon
+//!  23      4     lastOffsetDelta          yes
+//!  27      8     baseTimestamp            yes
+//!  35      8     maxTimestamp             yes
+//!  43      8     producerId               yes
+//!  51      2     producerEpoch            yes
+//!  53      4     baseSequence             yes
+//!  57      4     recordsCount             yes
+//!  61      ..    records (compressed as a whole when codec != 0)
+//! ```
+//! All integers are big-endian. Records inside use zig-zag varints:
+//! `length, attributes:i8, timestampDelta:varlong, offsetDelta:varint, keyLength:varint, key,
+//! valueLength:varint, value, headerCount:varint, [headerKeyLength, headerKey,
+//! headerValueLength, headerValue]*`.
+
+use std::io::Read;
+
+use crate::error::BatchError;
+use crate::offset::Offset;
+
+/// Size of the fixed batch header, up to and including `recordsCount`.
+pub const HEADER_BYTES: usize = 61;
+/// Bytes before `batchLength`'s payload: `baseOffset` and `batchLength` themselves.
+pub const LOG_OVERHEAD_BYTES: usize = 12;
+/// Where the CRC-covered region starts.
+const CRC_START: usize = 21;
+const MAGIC_V2: i8 = 2;
+
+/// Compression codec of a batch (attributes bits 0-2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Compression {
+    None,
+    Gzip,
+    Snappy,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub fn from_attributes(attributes: i16) -> Result<Compression, BatchError> {
+        match (attributes & 0x07) as u8 {
+            0 => Ok(Compression::None),
+            1 => Ok(Compression::Gzip),
+            2 => Ok(Compression::Snappy),
+            3 => Ok(Compression::Lz4),
+            4 => Ok(Compression::Zstd),
+            codec => Err(BatchError::UnknownCompression { codec }),
+        }
+    }
+
+    fn bits(self) -> i16 {
+        match self {
+            Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+/// Timestamp type (attributes bit 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimestampType {
+    CreateTime,
+    LogAppendTime,
+}
+
+/// The fixed header of a RecordBatch v2, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub magic: i8,
+    pub crc: u32,
+    pub attributes: i16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub records_count: i32,
+}
+
+impl BatchHeader {
+    /// Decodes the fixed header from the first [`HEADER_BYTES`] of `bytes` without checking the
+    /// CRC. `bytes` may hold more than one batch.
+    pub fn parse(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+        if bytes.len() < HEADER_BYTES {
+            return Err(BatchError::TooShort {
+                len: bytes.len(),
+                need: HEADER_BYTES,
+            });
+        }
+        let header = BatchHeader {
+            base_offset: be_i64(bytes, 0),
+            batch_length: be_i32(bytes, 8),
+            partition_leader_epoch: be_i32(bytes, 12),
+            magic: bytes[16] as i8,
+            crc: be_i32(bytes, 17) as u32,
+            attributes: be_i16(bytes, 21),
+            last_offset_delta: be_i32(bytes, 23),
+            base_timestamp: be_i64(bytes, 27),
+            max_timestamp: be_i64(bytes, 35),
+            producer_id: be_i64(bytes, 43),
+            producer_epoch: be_i16(bytes, 51),
+            base_sequence: be_i32(bytes, 53),
+            records_count: be_i32(bytes, 57),
+        };
+        if header.magic != MAGIC_V2 {
+            return Err(BatchError::UnsupportedMagic {
+                magic: header.magic,
+            });
+        }
+        if (header.batch_length as i64) < (HEADER_BYTES - LOG_OVERHEAD_BYTES) as i64 {
+            return Err(BatchError::InvalidLength {
+                batch_length: header.batch_length,
+            });
+        }
+        Ok(header)
+    }
+
+    /// Total size of the batch in bytes, including `baseOffset` and `batchLength`.
+    pub fn total_bytes(&self) -> usize {
+        self.batch_length as usize + LOG_OVERHEAD_BYTES
+    }
+
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + self.last_offset_delta as i64
+    }
+
+    pub fn compression(&self) -> Result<Compression, BatchError> {
+        Compression::from_attributes(self.attributes)
+    }
+
+    pub fn timestamp_type(&self) -> TimestampType {
+        if self.attributes & 0x08 != 0 {
+            TimestampType::LogAppendTime
+        } else {
+            TimestampType::CreateTime
+        }
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & 0x10 != 0
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & 0x20 != 0
+    }
+}
+
+/// Validates one complete batch: header fields, the declared length against `batch.len()`,
+/// magic, CRC-32C over attributes..end, and the record count against `lastOffsetDelta`.
+pub fn validate(batch: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = BatchHeader::parse(batch)?;
+    if header.total_bytes() != batch.len() {
+        return Err(BatchError::LengthMismatch {
+            declared: header.total_bytes(),
+            actual: batch.len(),
+        });
+    }
+    let actual = crc32c::crc32c(&batch[CRC_START..]);
+    if actual != header.crc {
+        return Err(BatchError::CrcMismatch {
+            expected: header.crc,
+            actual,
+        });
+    }
+    // A producer batch holds `lastOffsetDelta + 1` records. Compaction may leave fewer records
+    // than the delta span, but never more, and never a negative count.
+    if header.records_count < 0
+        || header.last_offset_delta < 0
+        || header.records_count as i64 > header.last_offset_delta as i64 + 1
+    {
+        return Err(BatchError::InvalidRecordCount {
+            count: header.records_count,
+            last_offset_delta: header.last_offset_delta,
+        });
+    }
+    header.compression()?;
+    Ok(header)
+}
+
+/// Like [`validate`], and also requires what a freshly produced batch has: at least one record
+/// and exactly `lastOffsetDelta + 1` records.
+pub fn validate_for_append(batch: &[u8]) -> Result<BatchHeader, BatchError> {
+    let header = validate(batch)?;
+    if header.records_count < 1 || header.records_count != header.last_offset_delta + 1 {
+        return Err(BatchError::InvalidRecordCount {
+            count: header.records_count,
+            last_offset_delta: header.last_offset_delta,
+        });
+    }
+    Ok(header)
+}
+
+/// Writes `baseOffset` in place. Not covered by the CRC, so the batch stays valid.
+pub fn set_base_offset(batch: &mut [u8], base_offset: Offset) {
+    assert!(batch.len() >= HEADER_BYTES, "set_base_offset on a short batch");
+    batch[0..8].copy_from_slice(&base_offset.0.to_be_bytes());
+}
+
+/// Writes `partitionLeaderEpoch` in place. Not covered by the CRC.
+pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
+    assert!(batch.len() >= HEADER_BYTES, "set_partition_leader_epoch on a short batch");
+    batch[12..16].copy_from_slice(&epoch.to_be_bytes());
+}
+
+/// Splits a buffer holding consecutive batches into `(header, byte range)` pairs, stopping at the
+/// first incomplete or malformed batch. Returns the batches found and the number of bytes they
+/// span. CRCs are checked only when `check_crc` is set.
+pub fn split_batches(
+    bytes: &[u8],
+    check_crc: bool,
+) -> (Vec<(BatchHeader, std::ops::Range<usize>)>, usize) {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while let Ok(header) = BatchHeader::parse(&bytes[pos..]) {
+        let end = pos + header.total_bytes();
+        if end > bytes.len() {
+            break;
+        }
+        if check_crc && validate(&bytes[pos..end]).is_err() {
+            break;
+        }
+        out.push((header, pos..end));
+        pos = end;
+    }
+    (out, pos)
+}
+
+/// A record header (key/value pair attached to a record).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordHeader {
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+}
+
+/// One decoded record, with absolute offset and timestamp.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<RecordHeader>,
+}
+
+/// Decodes every record of a batch, decompressing if needed. `decompressed_bytes_max` bounds
+/// the memory a hostile compressed batch can make us allocate.
+pub fn records(batch: &[u8], decompressed_bytes_max: usize) -> Result<Vec<Record>, BatchError> {
+    let header = validate(batch)?;
+    let payload = &batch[HEADER_BYTES..];
+    let owned;
+    let body: &[u8] = match header.compression()? {
+        Compression::None => payload,
+        codec => {
+            owned = decompress(codec, payload, decompressed_bytes_max)?;
+            &owned
+        }
+    };
+    let mut reader = Cursor { bytes: body, pos: 0 };
+    let count = header.records_count as usize;
+    // Each record takes at least 7 bytes; do not trust the count for the allocation.
+    let mut out = Vec::with_capacity(count.min(body.len() / 7 + 1));
+    for index in 0..count {
+        let bad = |reason| BatchError::MalformedRecord { index, reason };
+        let length = reader.varint().ok_or(bad("length"))?;
+        if length < 0 || length as usize > reader.remaining() {
+            return Err(bad("length out of range"));
+        }
+        let end = reader.pos + length as usize;
+        let mut r = Cursor {
+            bytes: &reader.bytes[..end],
+            pos: reader.pos,
+        };
+        let _attributes = r.byte().ok_or(bad("attributes"))?;
+        let timestamp_delta = r.varlong().ok_or(bad("timestamp delta"))?;
+        let offset_delta = r.varint().ok_or(bad("offset delta"))?;
+        let key = r.bytes_opt().ok_or(bad("key"))?;
+        let value = r.bytes_opt().ok_or(bad("value"))?;
+        let header_count = r.varint().ok_or(bad("header count"))?;
+        if header_count < 0 || header_count as usize > r.remaining() {
+            return Err(bad("header count out of range"));
+        }
+        let mut headers = Vec::with_capacity(header_count as usize);
+        for _ in 0..header_count {
+            let key = r.bytes_opt().ok_or(bad("header key"))?.ok_or(bad("null header key"))?;
+            let value = r.bytes_opt().ok_or(bad("header value"))?;
+            headers.push(RecordHeader { key, value });
+        }
+        if r.pos != end {
+            return Err(bad("trailing bytes"));
+        }
+        reader.pos = end;
+        out.push(Record {
+            offset: header.base_offset + offset_delta as i64,
+            timestamp: header.base_timestamp.wrapping_add(timestamp_delta),
+            key,
+            value,
+            headers,
+        });
+    }
+    Ok(out)
+}
+
+fn decompress(codec: Compression, payload: &[u8], limit: usize) -> Result<Vec<u8>, BatchError> {
+    let fail = |reason: String| BatchError::Decompress {
+        codec: codec.name(),
+        reason,
+    };
+    let mut out = Vec::new();
+    let read_limited = |reader: &mut dyn Read, out: &mut Vec<u8>| -> Result<(), BatchError> {
+        let n = reader
+            .take(limit as u64 + 1)
+            .read_to_end(out)
+            .map_err(|e| fail(e.to_string()))?;
+        if n > limit {
+            return Err(BatchError::DecompressedTooLarge { limit_bytes: limit });
+        }
+        Ok(())
+    };
+    match codec {
+        Compression::None => out.extend_from_slice(payload),
+        Compression::Gzip => read_limited(&mut flate2::read::GzDecoder::new(payload), &mut out)?,
+        Compression::Lz4 => read_limited(&mut lz4_flex::frame::FrameDecoder::new(payload), &mut out)?,
+        Compression::Zstd => {
+            let mut decoder =
+                zstd::stream::read::Decoder::new(payload).map_err(|e| fail(e.to_string()))?;
+            read_limited(&mut decoder, &mut out)?
+        }
+        Compression::Snappy => {
+            // Java clients use xerial's framing; librdkafka also writes it. Accept raw blocks too.
+            const XERIAL_MAGIC: &[u8] = b"\x82SNAPPY\x00";
+            if payload.starts_with(XERIAL_MAGIC) && payload.len() >= 16 {
+                let mut pos = 16;
+                while pos < payload.len() {
+                    if pos + 4 > payload.len() {
+                        return Err(fail("truncated xerial chunk length".into()));
+                    }
+                    let len = be_i32(payload, pos) as usize;
+                    pos += 4;
+                    let chunk = payload
+                        .get(pos..pos.saturating_add(len))
+                        .ok_or_else(|| fail("truncated xerial chunk".into()))?;
+                    snappy_block(chunk, limit - out.len(), &mut out, fail)?;
+                    pos += len;
+                }
+            } else {
+                snappy_block(payload, limit, &mut out, fail)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn snappy_block(
+    block: &[u8],
+    limit: usize,
+    out: &mut Vec<u8>,
+    fail: impl Fn(String) -> BatchError,
+) -> Result<(), BatchError> {
+    let len = snap::raw::decompress_len(block).map_err(|e| fail(e.to_string()))?;
+    if len > limit {
+        return Err(BatchError::DecompressedTooLarge { limit_bytes: limit });
+    }
+    let start = out.len();
+    out.resize(start + len, 0);
+    snap::raw::Decoder::new()
+        .decompress(block, &mut out[start..])
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(())
+}
+
+/// Builds a RecordBatch v2. Used by tools, tests and benchmarks; the broker itself never
+/// re-encodes a producer's batch.
+#[derive(Debug, Clone)]
+pub struct BatchBuilder {
+    compression: Compression,
+    base_timestamp: i64,
+    producer_id: i64,
+    producer_epoch: i16,
+    base_sequence: i32,
+    records: Vec<u8>,
+    count: i32,
+    max_timestamp: i64,
+}
+
+impl BatchBuilder {
+    pub fn new(compression: Compression, base_timestamp: i64) -> BatchBuilder {
+        BatchBuilder {
+            compression,
+            base_timestamp,
+            producer_id: -1,
+            producer_epoch: -1,
+            base_sequence: -1,
+            records: Vec::new(),
+            count: 0,
+            max_timestamp: base_timestamp,
+        }
+    }
+
+    pub fn producer(mut self, producer_id: i64, producer_epoch: i16, base_sequence: i32) -> Self {
+        self.producer_id = producer_id;
+        self.producer_epoch = producer_epoch;
+        self.base_sequence = base_sequence;
+        self
+    }
+
+    pub fn push(
+        &mut self,
+        timestamp: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: &[(&[u8], Option<&[u8]>)],
+    ) {
+        let mut body = Vec::with_capacity(16 + value.map_or(0, |v| v.len()));
+        body.push(0u8);
+        put_varlong(&mut body, timestamp - self.base_timestamp);
+        put_varlong(&mut body, self.count as i64);
+        put_bytes_opt(&mut body, key);
+        put_bytes_opt(&mut body, value);
+        put_varlong(&mut body, headers.len() as i64);
+        for (k, v) in headers {
+            put_bytes_opt(&mut body, Some(k));
+            put_bytes_opt(&mut body, *v);
+        }
+        put_varlong(&mut self.records, body.len() as i64);
+        self.records.extend_from_slice(&body);
+        self.count += 1;
+        self.max_timestamp = self.max_timestamp.max(timestamp);
+    }
+
+    pub fn len(&self) -> usize {
+        self.count as usize
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Encodes the batch with `baseOffset` 0; the log assigns the real one.
+    pub fn build(&self) -> Vec<u8> {
+        let payload = compress(self.compression, &self.records);
+        let total = HEADER_BYTES + payload.len();
+        let mut out = Vec::with_capacity(total);
+        out.extend_from_slice(&0i64.to_be_bytes());
+        out.extend_from_slice(&((total - LOG_OVERHEAD_BYTES) as i32).to_be_bytes());
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+        out.push(MAGIC_V2 as u8);
+        out.extend_from_slice(&0u32.to_be_bytes());
+        out.extend_from_slice(&self.compression.bits().to_be_bytes());
+        out.extend_from_slice(&(self.count - 1).max(0).to_be_bytes());
+        out.extend_from_slice(&self.base_timestamp.to_be_bytes());
+        out.extend_from_slice(&self.max_timestamp.to_be_bytes());
+        out.extend_from_slice(&self.producer_id.to_be_bytes());
+        out.extend_from_slice(&self.producer_epoch.to_be_bytes());
+        out.extend_from_slice(&self.base_sequence.to_be_bytes());
+        out.extend_from_slice(&self.count.to_be_bytes());
+        out.extend_from_slice(&payload);
+        let crc = crc32c::crc32c(&out[CRC_START..]);
+        out[17..21].copy_from_slice(&crc.to_be_bytes());
+        out
+    }
+}
+
+fn compress(codec: Compression, raw: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    match codec {
+        Compression::None => raw.to_vec(),
+        Compression::Gzip => {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            e.write_all(raw).expect("in-memory gzip write");
+            e.finish().expect("in-memory gzip finish")
+        }
+        Compression::Snappy => snap::raw::Encoder::new()
+            .compress_vec(raw)
+            .expect("in-memory snappy"),
+        Compression::Lz4 => {
+            let mut e = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            e.write_all(raw).expect("in-memory lz4 write");
+            e.finish().expect("in-memory lz4 finish")
+        }
+        Compression::Zstd => zstd::bulk::compress(raw, 1).expect("in-memory zstd"),
+    }
+}
+
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes(b[at..at + 2].try_into().expect("2 bytes"))
+}
+
+fn put_varlong(out: &mut Vec<u8>, v: i64) {
+    let mut z = ((v << 1) ^ (v >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+fn put_bytes_opt(out: &mut Vec<u8>, b: Option<&[u8]>) {
+    match b {
+        None => put_varlong(out, -1),
+        Some(b) => {
+            put_varlong(out, b.len() as i64);
+            out.extend_from_slice(b);
+        }
+    }
+}
+
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn remaining(&self) -> usize {
+        self.bytes.len() - self.pos
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.bytes.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn varlong(&mut self) -> Option<i64> {
+        let mut z: u64 = 0;
+        for shift in (0..70).step_by(7) {
+            let b = self.byte()?;
+            if shift == 63 && b > 1 {
+                return None;
+            }
+            z |= ((b & 0x7f) as u64) << shift;
+            if b & 0x80 == 0 {
+                return Some((z >> 1) as i64 ^ -((z & 1) as i64));
+            }
+        }
+        None
+    }
+
+    fn varint(&mut self) -> Option<i32> {
+        let v = self.varlong()?;
+        i32::try_from(v).ok()
+    }
+
+    fn bytes_opt(&mut self) -> Option<Option<Vec<u8>>> {
+        let len = self.varint()?;
+        if len < 0 {
+            return Some(None);
+        }
+        let len = len as usize;
+        if len > self.remaining() {
+            return None;
+        }
+        let out = self.bytes[self.pos..self.pos + len].to_vec();
+        self.pos += len;
+        Some(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample(codec: Compression, n: usize) -> Vec<u8> {
+        let mut b = BatchBuilder::new(codec, 1_000);
+        for i in 0..n {
+            let key = format!("k{i}");
+            let value = vec![i as u8; 100 + i];
+            b.push(
+                1_000 + i as i64,
+                Some(key.as_bytes()),
+                Some(&value),
+                &[(b"h", Some(b"v"))],
+            );
+        }
+        b.build()
+    }
+
+    #[test]
+    fn every_codec_round_trips_records() {
+        for codec in [
+            Compression::None,
+            Compression::Gzip,
+            Compression::Snappy,
+            Compression::Lz4,
+            Compression::Zstd,
+        ] {
+            let batch = sample(codec, 20);
+            let header = validate_for_append(&batch).unwrap();
+            assert_eq!(header.compression().unwrap(), codec);
+            assert_eq!(header.records_count, 20);
+            assert_eq!(header.max_timestamp, 1_019);
+            let records = records(&batch, 1 << 20).unwrap();
+            assert_eq!(records.len(), 20);
+            for (i, r) in records.iter().enumerate() {
+                assert_eq!(r.offset, i as i64);
+                assert_eq!(r.timestamp, 1_000 + i as i64);
+                assert_eq!(r.key.as_deref(), Some(format!("k{i}").as_bytes()));
+                assert_eq!(r.value.as_deref(), Some(&vec![i as u8; 100 + i][..]));
+                assert_eq!(r.headers[0].key, b"h");
+            }
+        }
+    }
+
+    #[test]
+    fn offset_and_epoch_edits_keep_the_crc_valid() {
+        let mut batch = sample(Compression::Lz4, 3);
+        set_base_offset(&mut batch, Offset(1_234_567));
+        set_partition_leader_epoch(&mut batch, 9);
+        let header = validate(&batch).unwrap();
+        assert_eq!(header.base_offset, 1_234_567);
+        assert_eq!(header.last_offset(), 1_234_569);
+        assert_eq!(header.partition_leader_epoch, 9);
+        assert_eq!(records(&batch, 1 << 20).unwrap()[2].offset, 1_234_569);
+    }
+
+    #[test]
+    fn corruption_is_detected() {
+        let batch = sample(Compression::None, 2);
+        for at in [21, 30, 60, batch.len() - 1] {
+            let mut bad = batch.clone();
+            bad[at] ^= 0x40;
+            assert!(
+                matches!(validate(&bad), Err(BatchError::CrcMismatch { .. })),
+                "flip at {at}"
+            );
+        }
+        let mut bad = batch.clone();
+        bad[16] = 1;
+        assert_eq!(
+            validate(&bad),
+            Err(BatchError::UnsupportedMagic { magic: 1 })
+        );
+        assert!(matches!(
+            validate(&batch[..batch.len() - 1]),
+            Err(BatchError::LengthMismatch { .. })
+        ));
+        assert!(matches!(
+            validate(&batch[..10]),
+            Err(BatchError::TooShort { .. })
+        ));
+    }
+
+    #[test]
+    fn decompression_is_bounded() {
+        let mut b = BatchBuilder::new(Compression::Zstd, 0);
+        b.push(0, None, Some(&vec![0u8; 1 << 20]), &[]);
+        let batch = b.build();
+        assert!(batch.len() < 4096);
+        assert_eq!(
+            records(&batch, 64 << 10),
+            Err(BatchError::DecompressedTooLarge {
+                limit_bytes: 64 << 10
+            })
+        );
+    }
+
+    #[test]
+    fn split_stops_at_a_torn_batch() {
+        let a = sample(Compression::None, 2);
+        let b = sample(Compression::Gzip, 3);
+        let mut buf = [a.clone(), b.clone()].concat();
+        let (found, used) = split_batches(&buf, true);
+        assert_eq!(found.len(), 2);
+        assert_eq!(used, buf.len());
+        buf.truncate(a.len() + b.len() / 2);
+        let (found, used) = split_batches(&buf, true);
+        assert_eq!((found.len(), used), (1, a.len()));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = validate(&bytes);
+            let _ = records(&bytes, 1 << 16);
+            let _ = split_batches(&bytes, true);
+        }
+
+        #[test]
+        fn mutated_batches_never_panic(flips in proptest::collection::vec((0usize..400, any::<u8>()), 1..6)) {
+            let mut batch = sample(Compression::None, 3);
+            for (at, v) in flips {
+                let at = at % batch.len();
+                batch[at] = v;
+            }
+            // Recompute the CRC so decoding reaches the record parser.
+            if batch.len() > CRC_START {
+                let crc = crc32c::crc32c(&batch[CRC_START..]);
+                batch[17..21].copy_from_slice(&crc.to_be_bytes());
+            }
+            let _ = records(&batch, 1 << 16);
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! Pure types and logic shared by every part of Sluice: the Kafka RecordBatch v2 format, offsets
+//! and the errors that describe bad bytes.
+//!
+//! **Boundary.** No runtime, no files, no sockets. Everything here is a function of its inputs
+//! (time, when it matters, is passed in), so the broker, the tools, the fuzz targets and the
+//! tests all share one implementation of the bytes on the wire and on disk.
+//!
+//! **Architecture invariant.** Batch bytes are stored and served exactly as the producer sent
+//! them. The only in-place edits are `baseOffset` and `partitionLeaderEpoch`, which are outside
+//! the CRC; see [`batch`].
+
+pub mod batch;
+pub mod error;
+pub mod offset;
+
+pub use batch::{BatchBuilder, BatchHeader, Compression, Record, RecordHeader, TimestampType};
+pub use error::BatchError;
+pub use offset::Offset;
