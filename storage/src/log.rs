@@ -1,0 +1,1197 @@
+//! The partition log: segments of RecordBatch v2 bytes, group-committed O_DIRECT appends,
+//! reads by offset and by timestamp, recovery, retention and truncation.
+//!
+//! **Write path.** An append validates the batch, assigns its offsets in place and copies it
+//! into the active segment's aligned tail buffer; it then waits until the batch is acknowledged
+//! under the fsync policy. Whichever waiter finds the disk idle becomes the writer for everybody:
+//! it writes all buffered bytes in one aligned write (rewriting the partial last block of the
+//! previous write), and under `always` one fdatasync then covers every batch in it. Only one
+//! writer runs per log at a time (`io_busy`), so writes to a file never reorder.
+//!
+//! **Architecture invariant.** Nothing is acknowledged, and no reader sees a batch, before
+//! `acked_end` passes it: under `always` that is after fdatasync, otherwise after the write.
+//! After a failed write or fsync the log is poisoned: it never acknowledges again.
+//!
+//! **Borrowing rule.** `state` is a `RefCell`; no borrow is held across an `.await` (plan under
+//! the borrow, drop it, do the I/O, then apply the result under a new borrow).
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use sluice_core::batch::{self, BatchHeader, HEADER_BYTES};
+use sluice_core::Offset;
+
+use crate::config::{FsyncPolicy, LogConfig};
+use crate::disk::{align_down, align_up, Disk, DiskFile, IoBuf};
+use crate::error::LogError;
+use crate::index::{IndexSummary, SegmentIndex};
+use crate::notify::Notify;
+
+/// Where an appended batch landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: Offset,
+    pub last_offset: Offset,
+}
+
+/// A record found by [`Log::offset_for_timestamp`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimestampHit {
+    pub offset: Offset,
+    pub timestamp: i64,
+}
+
+/// A partition log on a [`Disk`].
+pub struct Log<D: Disk> {
+    disk: D,
+    dir: PathBuf,
+    config: LogConfig,
+    state: RefCell<State<D::File>>,
+    changed: Notify,
+}
+
+struct Segment<F> {
+    base: i64,
+    file: Rc<F>,
+    /// Logical size: every byte appended, including bytes still in the tail buffer.
+    size: u64,
+    next_offset: i64,
+    max_timestamp: i64,
+    index: SegmentIndex,
+    first_append_ms: Option<u64>,
+}
+
+struct Tail<B> {
+    buf: B,
+    /// File position of `buf[0]` (aligned).
+    file_pos: u64,
+    /// Bytes of `buf` holding log data.
+    fill: usize,
+    /// Bytes at the start of `buf` already on disk (the partial block of the previous write).
+    written: usize,
+}
+
+struct State<F: DiskFile> {
+    segments: BTreeMap<i64, Segment<F>>,
+    log_start: i64,
+    next_offset: i64,
+    tail: Tail<F::Buf>,
+    /// Offsets below this are written to their segment file.
+    written_offset: i64,
+    /// Offsets below this are covered by an fdatasync.
+    synced_offset: i64,
+    io_busy: bool,
+    /// A truncation is replacing segments: appends and retention wait.
+    truncating: bool,
+    poisoned: Option<String>,
+    last_sync_ms: u64,
+}
+
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
+const TAIL_BYTES_MIN: usize = 64 << 10;
+
+impl<F: DiskFile> State<F> {
+    fn active(&self) -> &Segment<F> {
+        self.segments.values().next_back().expect("a log always has a segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment<F> {
+        self.segments.values_mut().next_back().expect("a log always has a segment")
+    }
+
+    fn acked_end(&self, policy: FsyncPolicy) -> i64 {
+        match policy {
+            FsyncPolicy::Always => self.synced_offset,
+            _ => self.written_offset,
+        }
+    }
+
+    fn has_unwritten(&self) -> bool {
+        self.tail.fill > self.tail.written
+    }
+}
+
+impl<D: Disk> Log<D> {
+    /// Opens (or creates) the log in `dir`, recovering from whatever a crash left: every
+    /// batch of the active segment is CRC-checked and a torn or corrupt tail is cut off; sealed
+    /// segments whose index files are missing or damaged are rescanned and reindexed.
+    pub async fn open(
+        disk: D,
+        dir: impl Into<PathBuf>,
+        config: LogConfig,
+        now_ms: u64,
+    ) -> Result<Log<D>, LogError> {
+        let dir = dir.into();
+        assert!(config.segment_bytes_max <= u32::MAX as u64, "segment.bytes must fit u32");
+        disk.create_dir_all(&dir)
+            .await
+            .map_err(|e| LogError::io("create dir", &dir, e))?;
+        let names = disk
+            .list(&dir)
+            .await
+            .map_err(|e| LogError::io("list", &dir, e))?;
+        let mut bases: Vec<i64> = names
+            .iter()
+            .filter_map(|n| n.strip_suffix(".log")?.parse().ok())
+            .collect();
+        bases.sort_unstable();
+        for name in names.iter().filter(|n| n.ends_with(".tmp")) {
+            let path = dir.join(name);
+            disk.remove(&path)
+                .await
+                .map_err(|e| LogError::io("remove", &path, e))?;
+        }
+
+        let mut segments: BTreeMap<i64, Segment<D::File>> = BTreeMap::new();
+        let mut expected_next: Option<i64> = None;
+        let mut cut = false;
+        for (i, &base) in bases.iter().enumerate() {
+            let path = segment_path(&dir, base, "log");
+            if cut || expected_next.is_some_and(|n| base < n) {
+                // Everything after a corrupt or overlapping segment is unreachable.
+                remove_segment_files(&disk, &dir, base).await?;
+                continue;
+            }
+            let file = disk
+                .open(&path)
+                .await
+                .map_err(|e| LogError::io("open", &path, e))?;
+            let file_bytes = file
+                .size()
+                .await
+                .map_err(|e| LogError::io("stat", &path, e))?;
+            let last = i + 1 == bases.len();
+            let mut trusted = None;
+            if !last {
+                trusted = load_index(&disk, &dir, base, file_bytes).await?;
+            }
+            let segment = match trusted {
+                Some((index, summary)) => Segment {
+                    base,
+                    file: Rc::new(file),
+                    size: summary.segment_bytes,
+                    next_offset: summary.last_offset + 1,
+                    max_timestamp: summary.max_timestamp,
+                    index,
+                    first_append_ms: None,
+                },
+                None => {
+                    let scan = scan_segment(&file, &path, base, file_bytes, config.index_interval_bytes)
+                        .await?;
+                    if scan.valid_bytes < file_bytes {
+                        file.truncate(scan.valid_bytes)
+                            .await
+                            .map_err(|e| LogError::io("truncate", &path, e))?;
+                        file.sync()
+                            .await
+                            .map_err(|e| LogError::io("fdatasync", &path, e))?;
+                    }
+                    if !last && scan.next_offset != bases[i + 1] {
+                        // A sealed segment lost batches: later segments no longer follow on.
+                        cut = true;
+                    }
+                    let segment = Segment {
+                        base,
+                        file: Rc::new(file),
+                        size: scan.valid_bytes,
+                        next_offset: scan.next_offset,
+                        max_timestamp: scan.max_timestamp,
+                        index: scan.index,
+                        first_append_ms: (scan.valid_bytes > 0).then_some(now_ms),
+                    };
+                    if !last && !cut {
+                        write_index(&disk, &dir, &segment).await?;
+                    }
+                    segment
+                }
+            };
+            expected_next = Some(segment.next_offset);
+            segments.insert(base, segment);
+        }
+        // Index files of the segment that is now active are stale as soon as it grows.
+        if let Some((&base, _)) = segments.iter().next_back() {
+            remove_index_files(&disk, &dir, base).await?;
+        }
+        if segments.is_empty() {
+            let segment = create_segment(&disk, &dir, 0).await?;
+            segments.insert(0, segment);
+        }
+        let log_start = *segments.keys().next().expect("at least one segment");
+        let active = segments.values().next_back().expect("at least one segment");
+        let next_offset = active.next_offset;
+        let tail = load_tail(active, &segment_path(&dir, active.base, "log")).await?;
+        Ok(Log {
+            disk,
+            dir,
+            config,
+            state: RefCell::new(State {
+                segments,
+                log_start,
+                next_offset,
+                tail,
+                written_offset: next_offset,
+                synced_offset: next_offset,
+                io_busy: false,
+                truncating: false,
+                poisoned: None,
+                last_sync_ms: now_ms,
+            }),
+            changed: Notify::default(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    /// The first offset still in the log.
+    pub fn start_offset(&self) -> Offset {
+        Offset(self.state.borrow().log_start)
+    }
+
+    /// The offset the next appended record gets (log end offset).
+    pub fn end_offset(&self) -> Offset {
+        Offset(self.state.borrow().next_offset)
+    }
+
+    /// Offsets below this are acknowledged under the fsync policy, and readable.
+    pub fn acked_end(&self) -> Offset {
+        Offset(self.state.borrow().acked_end(self.config.fsync))
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.state.borrow().segments.len()
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.state.borrow().segments.values().map(|s| s.size).sum()
+    }
+
+    pub fn is_poisoned(&self) -> bool {
+        self.state.borrow().poisoned.is_some()
+    }
+
+    /// Appends one batch (as a producer sent it) and waits until it is acknowledged under the
+    /// fsync policy. Offsets are written into `batch` in place.
+    pub async fn append(&self, now_ms: u64, batch: &mut [u8]) -> Result<AppendInfo, LogError> {
+        if batch.len() > self.config.batch_bytes_max {
+            return Err(LogError::BatchTooLarge {
+                bytes: batch.len(),
+                max_bytes: self.config.batch_bytes_max,
+            });
+        }
+        let header = batch::validate_for_append(batch)?;
+        let info = loop {
+            let wait = self.changed.notified();
+            enum Next {
+                Roll,
+                Flush,
+                Wait,
+            }
+            let next = {
+                let mut st = self.state.borrow_mut();
+                self.check_poison(&st)?;
+                if st.truncating {
+                    Next::Wait
+                } else if self.needs_roll(&st, now_ms, batch.len(), header.last_offset_delta) {
+                    if st.io_busy {
+                        Next::Wait
+                    } else {
+                        st.io_busy = true;
+                        Next::Roll
+                    }
+                } else if let Some(info) = self.try_buffer(&mut st, now_ms, batch, &header) {
+                    break info;
+                } else if st.io_busy {
+                    Next::Wait
+                } else {
+                    st.io_busy = true;
+                    Next::Flush
+                }
+            };
+            match next {
+                Next::Roll => self.exclusive(self.roll(now_ms)).await?,
+                Next::Flush => self.exclusive(self.flush_round(now_ms, false)).await?,
+                Next::Wait => wait.await,
+            }
+        };
+        self.wait_acked(now_ms, info.last_offset.0).await?;
+        Ok(info)
+    }
+
+    /// Resolves once offset `offset` is acknowledged (for parked fetches: data past it exists).
+    pub async fn wait_for_acked_end_above(&self, offset: Offset) -> Result<(), LogError> {
+        loop {
+            let wait = self.changed.notified();
+            {
+                let st = self.state.borrow();
+                self.check_poison(&st)?;
+                if st.acked_end(self.config.fsync) > offset.0 {
+                    return Ok(());
+                }
+            }
+            wait.await;
+        }
+    }
+
+    /// Periodic work: the `interval` fsync policy's fdatasync when due.
+    pub async fn tick(&self, now_ms: u64) -> Result<(), LogError> {
+        let due = {
+            let mut st = self.state.borrow_mut();
+            let due = match self.config.fsync {
+                FsyncPolicy::Interval { interval_ms } => {
+                    (st.synced_offset < st.written_offset || st.has_unwritten())
+                        && now_ms.saturating_sub(st.last_sync_ms) >= interval_ms
+                }
+                _ => false,
+            };
+            let due = due && !st.io_busy && st.poisoned.is_none();
+            if due {
+                st.io_busy = true;
+            }
+            due
+        };
+        if due {
+            self.exclusive(self.flush_round(now_ms, true)).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes and fdatasyncs everything appended so far, whatever the policy (clean shutdown).
+    pub async fn sync(&self, now_ms: u64) -> Result<(), LogError> {
+        loop {
+            let wait = self.changed.notified();
+            {
+                let mut st = self.state.borrow_mut();
+                self.check_poison(&st)?;
+                if !st.has_unwritten() && st.synced_offset == st.next_offset {
+                    return Ok(());
+                }
+                if !st.io_busy {
+                    st.io_busy = true;
+                    drop(st);
+                    self.exclusive(self.flush_round(now_ms, true)).await?;
+                    continue;
+                }
+            }
+            wait.await;
+        }
+    }
+
+    /// Reads the batches holding offsets `from` onward, up to `max_bytes` (but always the whole
+    /// first batch, as Kafka does since KIP-74). Returns stored bytes, each batch CRC-checked.
+    /// Empty when nothing at or past `from` is acknowledged yet.
+    pub async fn read(&self, from: Offset, max_bytes: usize) -> Result<Vec<u8>, LogError> {
+        let mut from = from.0;
+        let (start, acked, end) = {
+            let st = self.state.borrow();
+            (st.log_start, st.acked_end(self.config.fsync), st.next_offset)
+        };
+        if from < start || from > end {
+            return Err(LogError::OffsetOutOfRange {
+                offset: Offset(from),
+                start: Offset(start),
+                end: Offset(end),
+            });
+        }
+        let mut out = Vec::new();
+        while from < acked {
+            let Some((file, path, pos, limit, seg_next)) = self.plan_read(from) else {
+                break;
+            };
+            let mut cursor = BatchCursor::new(file, path, pos, limit);
+            while let Some((header, _)) = cursor.next().await? {
+                if header.base_offset >= acked {
+                    return Ok(out);
+                }
+                if header.last_offset() < from {
+                    continue;
+                }
+                let bytes = cursor.current();
+                if !out.is_empty() && out.len() + bytes.len() > max_bytes {
+                    return Ok(out);
+                }
+                batch::validate(bytes).map_err(|e| cursor.corrupt(e.to_string()))?;
+                out.extend_from_slice(bytes);
+            }
+            if !out.is_empty() {
+                break;
+            }
+            // Nothing at or past `from` in this segment: continue in the next one.
+            from = seg_next.max(from + 1);
+        }
+        Ok(out)
+    }
+
+    /// The first record whose timestamp is at or after `timestamp` (ListOffsets by time).
+    pub async fn offset_for_timestamp(
+        &self,
+        timestamp: i64,
+    ) -> Result<Option<TimestampHit>, LogError> {
+        let (plans, acked) = {
+            let st = self.state.borrow();
+            let acked = st.acked_end(self.config.fsync);
+            let plans: Vec<_> = st
+                .segments
+                .values()
+                .filter(|s| s.max_timestamp >= timestamp && s.base < acked)
+                .map(|s| {
+                    let rel = s.index.offset_for_timestamp(timestamp);
+                    let pos = s.index.position_for(rel);
+                    (s.file.clone(), segment_path(&self.dir, s.base, "log"), pos, s.size)
+                })
+                .collect();
+            (plans, acked)
+        };
+        for (file, path, pos, limit) in plans {
+            let mut cursor = BatchCursor::new(file, path, pos as u64, limit);
+            while let Some((header, _)) = cursor.next().await? {
+                if header.base_offset >= acked {
+                    return Ok(None);
+                }
+                if header.max_timestamp < timestamp {
+                    continue;
+                }
+                let records = batch::records(cursor.current(), 64 << 20)
+                    .map_err(|e| cursor.corrupt(e.to_string()))?;
+                if let Some(r) = records.iter().find(|r| r.timestamp >= timestamp) {
+                    return Ok(Some(TimestampHit {
+                        offset: Offset(r.offset),
+                        timestamp: r.timestamp,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Deletes whole sealed segments past `retention.ms` or beyond `retention.bytes`, oldest
+    /// first. Returns how many were deleted.
+    pub async fn enforce_retention(&self, now_ms: u64) -> Result<usize, LogError> {
+        let doomed: Vec<i64> = {
+            let st = self.state.borrow();
+            if st.truncating {
+                return Ok(0);
+            }
+            let mut total: u64 = st.segments.values().map(|s| s.size).sum();
+            let sealed = st.segments.len() - 1;
+            let mut doomed = Vec::new();
+            for seg in st.segments.values().take(sealed) {
+                let expired = self.config.retention_ms.is_some_and(|ms| {
+                    seg.max_timestamp >= 0 && seg.max_timestamp.saturating_add(ms as i64) < now_ms as i64
+                });
+                let oversized = self
+                    .config
+                    .retention_bytes
+                    .is_some_and(|max| total.saturating_sub(seg.size) >= max);
+                if !(expired || oversized) {
+                    break;
+                }
+                total -= seg.size;
+                doomed.push(seg.base);
+            }
+            doomed
+        };
+        if doomed.is_empty() {
+            return Ok(0);
+        }
+        {
+            let mut st = self.state.borrow_mut();
+            for base in &doomed {
+                st.segments.remove(base);
+            }
+            st.log_start = *st.segments.keys().next().expect("the active segment stays");
+        }
+        for &base in &doomed {
+            remove_segment_files(&self.disk, &self.dir, base).await?;
+        }
+        self.disk
+            .sync_dir(&self.dir)
+            .await
+            .map_err(|e| LogError::io("sync dir", &self.dir, e))?;
+        Ok(doomed.len())
+    }
+
+    /// Removes every batch holding an offset at or past `offset` (a batch that straddles it goes
+    /// whole, as in Kafka). Returns the new end offset.
+    pub async fn truncate_to(&self, offset: Offset, now_ms: u64) -> Result<Offset, LogError> {
+        loop {
+            let wait = self.changed.notified();
+            {
+                let mut st = self.state.borrow_mut();
+                self.check_poison(&st)?;
+                if !st.io_busy {
+                    st.io_busy = true;
+                    st.truncating = true;
+                    break;
+                }
+            }
+            wait.await;
+        }
+        let result = self
+            .exclusive(async {
+                self.flush_round(now_ms, false).await?;
+                self.truncate_locked(offset.0).await
+            })
+            .await;
+        self.state.borrow_mut().truncating = false;
+        self.changed.notify_all();
+        result
+    }
+
+    // ---- helpers ----
+
+    fn check_poison(&self, st: &State<D::File>) -> Result<(), LogError> {
+        match &st.poisoned {
+            Some(cause) => Err(LogError::Poisoned {
+                dir: self.dir.display().to_string(),
+                cause: cause.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Runs `work` as the log's single writer: `io_busy` must already be set. Clears it and
+    /// wakes everybody afterwards; poisons the log if `work` failed.
+    async fn exclusive<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, LogError>>,
+    ) -> Result<T, LogError> {
+        let result = work.await;
+        {
+            let mut st = self.state.borrow_mut();
+            assert!(st.io_busy, "exclusive section without io_busy");
+            st.io_busy = false;
+            if let Err(e) = &result {
+                if matches!(e, LogError::Io { .. }) && st.poisoned.is_none() {
+                    st.poisoned = Some(e.to_string());
+                }
+            }
+        }
+        self.changed.notify_all();
+        result
+    }
+
+    fn needs_roll(&self, st: &State<D::File>, now_ms: u64, len: usize, delta: i32) -> bool {
+        let active = st.active();
+        if active.size == 0 {
+            return false;
+        }
+        let too_big = active.size + len as u64 > self.config.segment_bytes_max;
+        let too_old = match (self.config.segment_age_ms_max, active.first_append_ms) {
+            (Some(max), Some(first)) => now_ms.saturating_sub(first) >= max,
+            _ => false,
+        };
+        let rel_overflow = st.next_offset + delta as i64 - active.base >= u32::MAX as i64;
+        too_big || too_old || rel_overflow
+    }
+
+    /// Copies the batch into the tail buffer if it fits (growing the buffer when allowed) and
+    /// assigns its offsets. `None` when buffered data must be written first.
+    fn try_buffer(
+        &self,
+        st: &mut State<D::File>,
+        now_ms: u64,
+        batch: &mut [u8],
+        header: &BatchHeader,
+    ) -> Option<AppendInfo> {
+        let len = batch.len();
+        let need = st.tail.fill + len;
+        if need > st.tail.buf.bytes().len() {
+            let max = align_up(self.config.write_buffer_bytes_max as u64) as usize;
+            let grow_to = if need <= max {
+                (st.tail.buf.bytes().len() * 2).clamp(align_up(need as u64) as usize, max)
+            } else if !st.has_unwritten() {
+                align_up(need as u64) as usize
+            } else {
+                return None;
+            };
+            let active_file = st.active().file.clone();
+            let mut bigger = active_file.alloc(grow_to);
+            bigger.bytes_mut()[..st.tail.fill].copy_from_slice(&st.tail.buf.bytes()[..st.tail.fill]);
+            st.tail.buf = bigger;
+        }
+        let base = st.next_offset;
+        batch::set_base_offset(batch, Offset(base));
+        let fill = st.tail.fill;
+        st.tail.buf.bytes_mut()[fill..fill + len].copy_from_slice(batch);
+        st.tail.fill += len;
+        let last = base + header.last_offset_delta as i64;
+        st.next_offset = last + 1;
+        let interval = self.config.index_interval_bytes;
+        let active = st.active_mut();
+        let pos = active.size;
+        active.size += len as u64;
+        active.next_offset = last + 1;
+        active.max_timestamp = active.max_timestamp.max(header.max_timestamp);
+        active.first_append_ms.get_or_insert(now_ms);
+        let max_ts = active.max_timestamp;
+        active.index.on_batch(
+            (base - active.base) as u32,
+            pos as u32,
+            len as u32,
+            max_ts,
+            interval,
+        );
+        Some(AppendInfo {
+            base_offset: Offset(base),
+            last_offset: Offset(last),
+        })
+    }
+
+    async fn wait_acked(&self, now_ms: u64, last_offset: i64) -> Result<(), LogError> {
+        loop {
+            let wait = self.changed.notified();
+            {
+                let mut st = self.state.borrow_mut();
+                if st.acked_end(self.config.fsync) > last_offset {
+                    return Ok(());
+                }
+                self.check_poison(&st)?;
+                if !st.io_busy {
+                    st.io_busy = true;
+                    drop(st);
+                    self.exclusive(self.flush_round(now_ms, false)).await?;
+                    continue;
+                }
+            }
+            wait.await;
+        }
+    }
+
+    /// One group commit: write the buffered bytes, then fdatasync if the policy (or `force_sync`)
+    /// says so. Caller holds `io_busy`.
+    async fn flush_round(&self, now_ms: u64, force_sync: bool) -> Result<(), LogError> {
+        let write = {
+            let mut st = self.state.borrow_mut();
+            self.check_poison(&st)?;
+            self.take_tail_for_write(&mut st)
+        };
+        let path = self.active_path();
+        let (file, upto) = match write {
+            Some((file, buf, pos, upto)) => {
+                file.write_at(buf, pos)
+                    .await
+                    .map_err(|e| LogError::io("write", &path, e))?;
+                self.state.borrow_mut().written_offset = upto;
+                (file, upto)
+            }
+            None => {
+                let st = self.state.borrow();
+                (st.active().file.clone(), st.written_offset)
+            }
+        };
+        let sync = {
+            let st = self.state.borrow();
+            st.synced_offset < upto
+                && (force_sync
+                    || match self.config.fsync {
+                        FsyncPolicy::Always => true,
+                        FsyncPolicy::Interval { interval_ms } => {
+                            now_ms.saturating_sub(st.last_sync_ms) >= interval_ms
+                        }
+                        FsyncPolicy::Never => false,
+                    })
+        };
+        if sync {
+            file.sync()
+                .await
+                .map_err(|e| LogError::io("fdatasync", &path, e))?;
+            let mut st = self.state.borrow_mut();
+            st.synced_offset = upto;
+            st.last_sync_ms = now_ms;
+        }
+        Ok(())
+    }
+
+    /// Takes the tail's unwritten bytes as an aligned buffer to write, leaving in its place a
+    /// fresh tail that starts with the partial last block.
+    #[allow(clippy::type_complexity)]
+    fn take_tail_for_write(
+        &self,
+        st: &mut State<D::File>,
+    ) -> Option<(Rc<D::File>, <D::File as DiskFile>::Buf, u64, i64)> {
+        if !st.has_unwritten() {
+            return None;
+        }
+        let file = st.active().file.clone();
+        let fill = st.tail.fill;
+        let keep_from = align_down(fill as u64) as usize;
+        let keep = fill - keep_from;
+        let cap = st
+            .tail
+            .buf
+            .bytes()
+            .len()
+            .min(align_up(self.config.write_buffer_bytes_max as u64) as usize)
+            .max(TAIL_BYTES_MIN);
+        let mut next = file.alloc(cap);
+        next.bytes_mut()[..keep].copy_from_slice(&st.tail.buf.bytes()[keep_from..fill]);
+        let new_tail = Tail {
+            buf: next,
+            file_pos: st.tail.file_pos + keep_from as u64,
+            fill: keep,
+            written: keep,
+        };
+        let mut old = std::mem::replace(&mut st.tail, new_tail);
+        let write_len = align_up(fill as u64) as usize;
+        old.buf.bytes_mut()[fill..write_len].fill(0);
+        old.buf.trim(write_len);
+        Some((file, old.buf, old.file_pos, st.next_offset))
+    }
+
+    fn active_path(&self) -> PathBuf {
+        segment_path(&self.dir, self.state.borrow().active().base, "log")
+    }
+
+    /// Seals the active segment (written, cut to its logical size, fdatasynced, indexed) and
+    /// starts a new one at the log end. Caller holds `io_busy`.
+    async fn roll(&self, now_ms: u64) -> Result<(), LogError> {
+        self.flush_round(now_ms, false).await?;
+        let (file, size, path) = {
+            let st = self.state.borrow();
+            let a = st.active();
+            (a.file.clone(), a.size, segment_path(&self.dir, a.base, "log"))
+        };
+        file.truncate(size)
+            .await
+            .map_err(|e| LogError::io("truncate", &path, e))?;
+        file.sync()
+            .await
+            .map_err(|e| LogError::io("fdatasync", &path, e))?;
+        {
+            let summary_seg = self.state.borrow();
+            let active = summary_seg.active();
+            let summary = summary_of(active);
+            let offsets = active.index.encode_offsets(summary);
+            let times = active.index.encode_times(summary);
+            let base = active.base;
+            drop(summary_seg);
+            write_index_bytes(&self.disk, &self.dir, base, offsets, times).await?;
+        }
+        let base = self.state.borrow().next_offset;
+        let segment = create_segment(&self.disk, &self.dir, base).await?;
+        let tail = Tail {
+            buf: segment.file.alloc(TAIL_BYTES_MIN),
+            file_pos: 0,
+            fill: 0,
+            written: 0,
+        };
+        let mut st = self.state.borrow_mut();
+        st.segments.insert(base, segment);
+        st.tail = tail;
+        st.written_offset = base;
+        st.synced_offset = base;
+        Ok(())
+    }
+
+    async fn truncate_locked(&self, target: i64) -> Result<Offset, LogError> {
+        let (doomed, keep) = {
+            let st = self.state.borrow();
+            if target >= st.next_offset {
+                return Ok(Offset(st.next_offset));
+            }
+            let doomed: Vec<i64> = st.segments.range(target..).map(|(&b, _)| b).collect();
+            let keep = st.segments.range(..target).next_back().map(|(&b, s)| {
+                (b, s.file.clone(), s.index.position_for((target - b) as u32), s.size)
+            });
+            (doomed, keep)
+        };
+        // Find where the first batch holding `target` or later starts in the kept segment.
+        let mut cut = None;
+        if let Some((base, file, pos, size)) = &keep {
+            let path = segment_path(&self.dir, *base, "log");
+            let mut cursor = BatchCursor::new(file.clone(), path, *pos as u64, *size);
+            let mut at = *size;
+            while let Some((header, hpos)) = cursor.next().await? {
+                if header.last_offset() >= target {
+                    at = hpos;
+                    break;
+                }
+            }
+            cut = Some((*base, file.clone(), at));
+        }
+        {
+            let mut st = self.state.borrow_mut();
+            for b in &doomed {
+                st.segments.remove(b);
+            }
+        }
+        for &b in &doomed {
+            remove_segment_files(&self.disk, &self.dir, b).await?;
+        }
+        let segment = match cut {
+            Some((base, file, at)) => {
+                let path = segment_path(&self.dir, base, "log");
+                file.truncate(at)
+                    .await
+                    .map_err(|e| LogError::io("truncate", &path, e))?;
+                file.sync()
+                    .await
+                    .map_err(|e| LogError::io("fdatasync", &path, e))?;
+                remove_index_files(&self.disk, &self.dir, base).await?;
+                let scan =
+                    scan_segment(&*file, &path, base, at, self.config.index_interval_bytes).await?;
+                assert_eq!(scan.valid_bytes, at, "truncated segment rescans to its cut");
+                let seg = self.state.borrow_mut().segments.remove(&base).expect("kept segment");
+                Segment {
+                    size: at,
+                    next_offset: scan.next_offset,
+                    max_timestamp: scan.max_timestamp,
+                    index: scan.index,
+                    ..seg
+                }
+            }
+            // Everything goes: start over at `target`.
+            None => create_segment(&self.disk, &self.dir, target).await?,
+        };
+        self.disk
+            .sync_dir(&self.dir)
+            .await
+            .map_err(|e| LogError::io("sync dir", &self.dir, e))?;
+        let tail = load_tail(&segment, &segment_path(&self.dir, segment.base, "log")).await?;
+        let mut st = self.state.borrow_mut();
+        let end = segment.next_offset;
+        st.segments.insert(segment.base, segment);
+        st.log_start = *st.segments.keys().next().expect("a segment");
+        st.next_offset = end;
+        st.tail = tail;
+        st.written_offset = end;
+        st.synced_offset = end;
+        Ok(Offset(end))
+    }
+
+    fn plan_read(&self, from: i64) -> Option<(Rc<D::File>, PathBuf, u64, u64, i64)> {
+        let st = self.state.borrow();
+        let (_, seg) = st.segments.range(..=from).next_back()?;
+        let pos = seg.index.position_for((from - seg.base) as u32) as u64;
+        Some((
+            seg.file.clone(),
+            segment_path(&self.dir, seg.base, "log"),
+            pos,
+            seg.size,
+            seg.next_offset,
+        ))
+    }
+}
+
+/// Reads consecutive batches of one segment file in large chunks.
+struct BatchCursor<F> {
+    file: Rc<F>,
+    path: PathBuf,
+    /// File position of `buf[0]`.
+    buf_pos: u64,
+    buf: Vec<u8>,
+    /// Position in `buf` of the next batch.
+    at: usize,
+    /// Range in `buf` of the batch returned last.
+    current: std::ops::Range<usize>,
+    limit: u64,
+}
+
+impl<F: DiskFile> BatchCursor<F> {
+    fn new(file: Rc<F>, path: PathBuf, pos: u64, limit: u64) -> Self {
+        BatchCursor {
+            file,
+            path,
+            buf_pos: pos,
+            buf: Vec::new(),
+            at: 0,
+            current: 0..0,
+            limit,
+        }
+    }
+
+    /// The next complete, well-formed batch header and its file position; `None` at `limit`
+    /// or where bytes stop forming a batch (end of the written part of the file).
+    async fn next(&mut self) -> Result<Option<(BatchHeader, u64)>, LogError> {
+        let pos = self.buf_pos + self.at as u64;
+        if pos + HEADER_BYTES as u64 > self.limit {
+            return Ok(None);
+        }
+        if self.buf.len() < self.at + HEADER_BYTES {
+            self.refill(HEADER_BYTES).await?;
+        }
+        let header = match BatchHeader::parse(&self.buf[self.at..]) {
+            Ok(h) => h,
+            Err(_) => return Ok(None),
+        };
+        let total = header.total_bytes();
+        if pos + total as u64 > self.limit {
+            return Ok(None);
+        }
+        if self.buf.len() < self.at + total {
+            self.refill(total).await?;
+            if self.buf.len() < total {
+                return Ok(None);
+            }
+        }
+        self.current = self.at..self.at + total;
+        self.at += total;
+        Ok(Some((header, pos)))
+    }
+
+    fn current(&self) -> &[u8] {
+        &self.buf[self.current.clone()]
+    }
+
+    fn corrupt(&self, reason: String) -> LogError {
+        LogError::Corrupt {
+            segment: self.path.display().to_string(),
+            pos: self.buf_pos + self.current.start as u64,
+            reason,
+        }
+    }
+
+    /// Makes `buf` start at the next batch and hold at least `need` bytes (if the file has them).
+    async fn refill(&mut self, need: usize) -> Result<(), LogError> {
+        let pos = self.buf_pos + self.at as u64;
+        let want = need.max(SCAN_CHUNK_BYTES).min((self.limit - pos) as usize).max(need);
+        let bytes = self
+            .file
+            .read_at(pos, want)
+            .await
+            .map_err(|e| LogError::io("read", &self.path, e))?;
+        self.buf = bytes;
+        self.buf_pos = pos;
+        self.at = 0;
+        Ok(())
+    }
+}
+
+struct Scan {
+    valid_bytes: u64,
+    next_offset: i64,
+    max_timestamp: i64,
+    index: SegmentIndex,
+}
+
+/// Reads a whole segment, checking every batch's CRC and that offsets follow on from `base`.
+/// Stops at the first byte that breaks either: what follows is a torn or corrupt tail.
+async fn scan_segment<F: DiskFile>(
+    file: &F,
+    path: &Path,
+    base: i64,
+    file_bytes: u64,
+    interval_bytes: u32,
+) -> Result<Scan, LogError> {
+    let mut scan = Scan {
+        valid_bytes: 0,
+        next_offset: base,
+        max_timestamp: -1,
+        index: SegmentIndex::default(),
+    };
+    let mut pos: u64 = 0;
+    loop {
+        let want = SCAN_CHUNK_BYTES.min((file_bytes - pos) as usize);
+        if want < HEADER_BYTES {
+            break;
+        }
+        let chunk = file
+            .read_at(pos, want)
+            .await
+            .map_err(|e| LogError::io("read", path, e))?;
+        let (batches, used) = batch::split_batches(&chunk, true);
+        let mut stop = false;
+        for (header, range) in &batches {
+            if header.base_offset != scan.next_offset
+                || header.records_count < 1
+                || (header.last_offset() - base) >= u32::MAX as i64
+            {
+                stop = true;
+                break;
+            }
+            scan.max_timestamp = scan.max_timestamp.max(header.max_timestamp);
+            scan.index.on_batch(
+                (header.base_offset - base) as u32,
+                (pos + range.start as u64) as u32,
+                range.len() as u32,
+                scan.max_timestamp,
+                interval_bytes,
+            );
+            scan.next_offset = header.last_offset() + 1;
+            scan.valid_bytes = pos + range.end as u64;
+        }
+        if stop || used == 0 {
+            // A batch larger than the chunk: retry with a chunk that holds it.
+            if !stop && used == 0 {
+                if let Ok(h) = BatchHeader::parse(&chunk) {
+                    let total = h.total_bytes() as u64;
+                    if total > want as u64 && pos + total <= file_bytes {
+                        let big = file
+                            .read_at(pos, total as usize)
+                            .await
+                            .map_err(|e| LogError::io("read", path, e))?;
+                        let (b, u) = batch::split_batches(&big, true);
+                        if let Some((header, _)) = b.first() {
+                            if header.base_offset == scan.next_offset && header.records_count >= 1 {
+                                scan.max_timestamp = scan.max_timestamp.max(header.max_timestamp);
+                                scan.index.on_batch(
+                                    (header.base_offset - base) as u32,
+                                    pos as u32,
+                                    u as u32,
+                                    scan.max_timestamp,
+                                    interval_bytes,
+                                );
+                                scan.next_offset = header.last_offset() + 1;
+                                pos += u as u64;
+                                scan.valid_bytes = pos;
+                                continue;
+                            }
+                        }
+                    }
+                }
+            }
+            break;
+        }
+        pos += used as u64;
+    }
+    Ok(scan)
+}
+
+fn segment_path(dir: &Path, base: i64, ext: &str) -> PathBuf {
+    dir.join(format!("{base:020}.{ext}"))
+}
+
+fn summary_of<F>(seg: &Segment<F>) -> IndexSummary {
+    IndexSummary {
+        segment_bytes: seg.size,
+        last_offset: seg.next_offset - 1,
+        max_timestamp: seg.max_timestamp,
+    }
+}
+
+async fn load_index<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    base: i64,
+    file_bytes: u64,
+) -> Result<Option<(SegmentIndex, IndexSummary)>, LogError> {
+    let offsets_path = segment_path(dir, base, "index");
+    let times_path = segment_path(dir, base, "timeindex");
+    let offsets = disk
+        .read_small(&offsets_path)
+        .await
+        .map_err(|e| LogError::io("read", &offsets_path, e))?;
+    let times = disk
+        .read_small(&times_path)
+        .await
+        .map_err(|e| LogError::io("read", &times_path, e))?;
+    let (Some(offsets), Some(times)) = (offsets, times) else {
+        return Ok(None);
+    };
+    Ok(SegmentIndex::decode(&offsets, &times)
+        .filter(|(_, s)| s.segment_bytes == file_bytes && s.last_offset >= base))
+}
+
+async fn write_index<D: Disk>(disk: &D, dir: &Path, seg: &Segment<D::File>) -> Result<(), LogError> {
+    let summary = summary_of(seg);
+    write_index_bytes(
+        disk,
+        dir,
+        seg.base,
+        seg.index.encode_offsets(summary),
+        seg.index.encode_times(summary),
+    )
+    .await
+}
+
+async fn write_index_bytes<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    base: i64,
+    offsets: Vec<u8>,
+    times: Vec<u8>,
+) -> Result<(), LogError> {
+    let p = segment_path(dir, base, "index");
+    disk.write_small_atomic(&p, offsets)
+        .await
+        .map_err(|e| LogError::io("write index", &p, e))?;
+    let p = segment_path(dir, base, "timeindex");
+    disk.write_small_atomic(&p, times)
+        .await
+        .map_err(|e| LogError::io("write index", &p, e))
+}
+
+async fn remove_index_files<D: Disk>(disk: &D, dir: &Path, base: i64) -> Result<(), LogError> {
+    for ext in ["index", "timeindex"] {
+        let p = segment_path(dir, base, ext);
+        match disk.remove(&p).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(LogError::io("remove", &p, e)),
+        }
+    }
+    Ok(())
+}
+
+async fn remove_segment_files<D: Disk>(disk: &D, dir: &Path, base: i64) -> Result<(), LogError> {
+    remove_index_files(disk, dir, base).await?;
+    let p = segment_path(dir, base, "log");
+    match disk.remove(&p).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(LogError::io("remove", &p, e)),
+    }
+}
+
+async fn create_segment<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    base: i64,
+) -> Result<Segment<D::File>, LogError> {
+    let path = segment_path(dir, base, "log");
+    let file = disk
+        .open(&path)
+        .await
+        .map_err(|e| LogError::io("create", &path, e))?;
+    file.truncate(0)
+        .await
+        .map_err(|e| LogError::io("truncate", &path, e))?;
+    disk.sync_dir(dir)
+        .await
+        .map_err(|e| LogError::io("sync dir", dir, e))?;
+    Ok(Segment {
+        base,
+        file: Rc::new(file),
+        size: 0,
+        next_offset: base,
+        max_timestamp: -1,
+        index: SegmentIndex::default(),
+        first_append_ms: None,
+    })
+}
+
+/// A tail buffer for `seg` holding its partial last block, ready for more appends.
+async fn load_tail<F: DiskFile>(seg: &Segment<F>, path: &Path) -> Result<Tail<F::Buf>, LogError> {
+    let file_pos = align_down(seg.size);
+    let keep = (seg.size - file_pos) as usize;
+    let mut buf = seg.file.alloc(TAIL_BYTES_MIN);
+    if keep > 0 {
+        let bytes = seg
+            .file
+            .read_at(file_pos, keep)
+            .await
+            .map_err(|e| LogError::io("read", path, e))?;
+        if bytes.len() != keep {
+            return Err(LogError::Corrupt {
+                segment: path.display().to_string(),
+                pos: file_pos,
+                reason: format!("file ends before its recovered size {}", seg.size),
+            });
+        }
+        buf.bytes_mut()[..keep].copy_from_slice(&bytes);
+    }
+    Ok(Tail {
+        buf,
+        file_pos,
+        fill: keep,
+        written: keep,
+    })
+}

@@ -1,0 +1,381 @@
+//! The partition log against a plain `Vec` model, on the simulated disk: random appends, reads
+//! (by offset and by timestamp), truncations, retention, clean reopens and crashes that tear
+//! every unsynced write. Under `fsync = always` no acknowledged batch may ever be lost.
+
+use std::path::PathBuf;
+
+use futures_lite::future::block_on;
+use proptest::prelude::*;
+use sluice_core::batch::{self, BatchBuilder, BatchHeader, Compression};
+use sluice_core::Offset;
+use sluice_storage::{FsyncPolicy, Log, LogConfig, LogError, SimDisk};
+
+#[derive(Debug, Clone)]
+enum Op {
+    Append { records: usize, value_bytes: usize, codec: u8 },
+    Read { at: u16, max_bytes: usize },
+    ByTime { at: u16 },
+    Truncate { at: u16 },
+    Retain,
+    Reopen,
+    Crash { seed: u64 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (1usize..20, 0usize..3000, 0u8..3).prop_map(|(records, value_bytes, codec)| Op::Append { records, value_bytes, codec }),
+        3 => (any::<u16>(), 1usize..40_000).prop_map(|(at, max_bytes)| Op::Read { at, max_bytes }),
+        1 => any::<u16>().prop_map(|at| Op::ByTime { at }),
+        1 => any::<u16>().prop_map(|at| Op::Truncate { at }),
+        1 => Just(Op::Retain),
+        1 => Just(Op::Reopen),
+        1 => any::<u64>().prop_map(|seed| Op::Crash { seed }),
+    ]
+}
+
+fn config(fsync: FsyncPolicy) -> LogConfig {
+    LogConfig {
+        segment_bytes_max: 24 * 1024,
+        segment_age_ms_max: None,
+        retention_ms: None,
+        retention_bytes: Some(100 * 1024),
+        batch_bytes_max: 1 << 20,
+        index_interval_bytes: 1024,
+        write_buffer_bytes_max: 16 * 1024,
+        fsync,
+    }
+}
+
+/// One acknowledged batch as the model remembers it.
+#[derive(Debug, Clone)]
+struct Stored {
+    bytes: Vec<u8>,
+    header: BatchHeader,
+}
+
+fn make_batch(seq: u64, records: usize, value_bytes: usize, codec: u8) -> Vec<u8> {
+    let codec = [Compression::None, Compression::Lz4, Compression::Zstd][codec as usize % 3];
+    let ts0 = 1_000_000 + seq as i64 * 10;
+    let mut b = BatchBuilder::new(codec, ts0);
+    for r in 0..records {
+        let value: Vec<u8> = (0..value_bytes).map(|i| (seq as usize * 31 + r + i) as u8).collect();
+        b.push(ts0 + r as i64, Some(format!("{seq}-{r}").as_bytes()), Some(&value), &[]);
+    }
+    b.build()
+}
+
+fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
+async fn run(ops: Vec<Op>, fsync: FsyncPolicy) {
+    let disk = SimDisk::new();
+    let dir = PathBuf::from("/sim/topic-0");
+    let mut now = 1_000u64;
+    let mut log = Log::open(disk.clone(), &dir, config(fsync), now).await.unwrap();
+    let mut model: Vec<Stored> = Vec::new();
+    let mut seq = 0u64;
+    for op in ops {
+        now += 1;
+        match op {
+            Op::Append { records, value_bytes, codec } => {
+                let mut bytes = make_batch(seq, records, value_bytes, codec);
+                seq += 1;
+                let info = log.append(now, &mut bytes).await.unwrap();
+                let expected = model.last().map_or(log.start_offset().0.max(0), |s| s.header.last_offset() + 1);
+                assert_eq!(info.base_offset.0, expected, "offsets are dense");
+                assert_eq!(info.last_offset.0 - info.base_offset.0 + 1, records as i64);
+                let header = batch::validate(&bytes).unwrap();
+                model.push(Stored { bytes, header });
+            }
+            Op::Read { at, max_bytes } => {
+                let Some((from, first)) = pick(&model, at) else { continue };
+                let got = log.read(Offset(from), max_bytes).await.unwrap();
+                let mut want = Vec::new();
+                for s in &model[first..] {
+                    if !want.is_empty() && want.len() + s.bytes.len() > max_bytes {
+                        break;
+                    }
+                    want.extend_from_slice(&s.bytes);
+                }
+                // A read stops at a segment boundary; it must be a prefix of the model's answer
+                // and hold at least the first batch.
+                assert!(!got.is_empty(), "read at {from} returned nothing");
+                assert!(want.starts_with(&got), "read at {from} diverges from the model");
+            }
+            Op::ByTime { at } => {
+                let Some((_, first)) = pick(&model, at) else { continue };
+                let ts = model[first].header.base_timestamp + 1;
+                let hit = log.offset_for_timestamp(ts).await.unwrap();
+                let want = model.iter().flat_map(|s| batch::records(&s.bytes, 1 << 24).unwrap())
+                    .find(|r| r.timestamp >= ts);
+                assert_eq!(hit.map(|h| (h.offset.0, h.timestamp)), want.map(|r| (r.offset, r.timestamp)));
+            }
+            Op::Truncate { at } => {
+                let Some((to, _)) = pick(&model, at) else { continue };
+                let end = log.truncate_to(Offset(to), now).await.unwrap();
+                model.retain(|s| s.header.last_offset() < to);
+                let model_end = model.last().map_or(end.0, |s| s.header.last_offset() + 1);
+                assert_eq!(end.0, model_end);
+                assert_eq!(log.end_offset(), end);
+            }
+            Op::Retain => {
+                log.enforce_retention(now).await.unwrap();
+                let start = log.start_offset().0;
+                model.retain(|s| s.header.base_offset >= start);
+                // retention.bytes plus at most one sealed segment (24 KiB + one 60 KiB batch).
+                assert!(log.size_bytes() <= 200 * 1024, "retention.bytes respected");
+            }
+            Op::Reopen => {
+                log.sync(now).await.unwrap();
+                drop(log);
+                log = Log::open(disk.clone(), &dir, config(fsync), now).await.unwrap();
+            }
+            Op::Crash { mut seed } => {
+                if fsync != FsyncPolicy::Always {
+                    continue;
+                }
+                seed |= 1;
+                drop(log);
+                disk.crash(|_| xorshift(&mut seed) % 2 == 0);
+                log = Log::open(disk.clone(), &dir, config(fsync), now).await.unwrap();
+            }
+        }
+        check_whole(&log, &model).await;
+    }
+}
+
+/// An offset inside the model's batches (`at` picks which) and the index of its batch.
+fn pick(model: &[Stored], at: u16) -> Option<(i64, usize)> {
+    if model.is_empty() {
+        return None;
+    }
+    let i = at as usize % model.len();
+    let h = &model[i].header;
+    let span = h.last_offset() - h.base_offset + 1;
+    Some((h.base_offset + (at as i64 / 7) % span, i))
+}
+
+async fn check_whole<D: sluice_storage::disk::Disk>(log: &Log<D>, model: &[Stored]) {
+    let end = model.last().map(|s| s.header.last_offset() + 1);
+    if let Some(end) = end {
+        assert_eq!(log.end_offset().0, end, "log end offset");
+        assert_eq!(log.acked_end().0, end, "everything appended is acknowledged");
+    }
+    let mut all = Vec::new();
+    let mut from = log.start_offset();
+    loop {
+        let chunk = log.read(from, 64 * 1024).await.unwrap();
+        if chunk.is_empty() {
+            break;
+        }
+        let (batches, used) = batch::split_batches(&chunk, true);
+        assert_eq!(used, chunk.len(), "reads return whole valid batches");
+        from = Offset(batches.last().unwrap().0.last_offset() + 1);
+        all.extend_from_slice(&chunk);
+    }
+    let want: Vec<u8> = model.iter().flat_map(|s| s.bytes.iter().copied()).collect();
+    assert!(all == want, "log content ({} bytes) differs from model ({} bytes)", all.len(), want.len());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn log_agrees_with_model_fsync_always(ops in proptest::collection::vec(op(), 1..80)) {
+        block_on(run(ops, FsyncPolicy::Always));
+    }
+
+    #[test]
+    fn log_agrees_with_model_fsync_never(ops in proptest::collection::vec(op(), 1..80)) {
+        block_on(run(ops, FsyncPolicy::Never));
+    }
+}
+
+#[test]
+fn concurrent_appends_share_one_fsync() {
+    block_on(async {
+        let disk = SimDisk::new();
+        let log = Log::open(disk.clone(), "/sim/p", config(FsyncPolicy::Always), 0).await.unwrap();
+        let syncs_before = disk.syncs();
+        let appends = (0..64).map(|i| {
+            let log = &log;
+            async move {
+                let mut b = make_batch(i, 2, 100, 0);
+                log.append(1, &mut b).await.unwrap()
+            }
+        });
+        let mut infos = futures::future::join_all(appends).await;
+        infos.sort_by_key(|i| i.base_offset);
+        for (i, info) in infos.iter().enumerate() {
+            assert_eq!(info.base_offset.0, 2 * i as i64);
+        }
+        let syncs = disk.syncs() - syncs_before;
+        assert!(syncs <= 4, "64 concurrent appends took {syncs} fsyncs; group commit expected");
+    });
+}
+
+#[test]
+fn torn_unsynced_tail_is_cut_and_synced_data_survives() {
+    for seed in 1..200u64 {
+        block_on(async {
+            let disk = SimDisk::new();
+            let cfg = config(FsyncPolicy::Interval { interval_ms: 1_000_000 });
+            let log = Log::open(disk.clone(), "/sim/p", cfg.clone(), 0).await.unwrap();
+            let mut durable = Vec::new();
+            for i in 0..10 {
+                let mut b = make_batch(i, 3, 700, (i % 3) as u8);
+                log.append(1, &mut b).await.unwrap();
+                durable.extend_from_slice(&b);
+            }
+            log.sync(1).await.unwrap();
+            let mut maybe = Vec::new();
+            for i in 10..25 {
+                let mut b = make_batch(i, 2, 900, 0);
+                log.append(2, &mut b).await.unwrap();
+                maybe.push(b);
+            }
+            drop(log);
+            let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            disk.crash(|_| xorshift(&mut s) % 3 != 0);
+            let log = Log::open(disk.clone(), "/sim/p", cfg, 3).await.unwrap();
+            let mut got = Vec::new();
+            let mut from = Offset(0);
+            while from < log.end_offset() {
+                let chunk = log.read(from, 1 << 20).await.unwrap();
+                let (batches, used) = batch::split_batches(&chunk, true);
+                assert_eq!(used, chunk.len());
+                from = Offset(batches.last().unwrap().0.last_offset() + 1);
+                got.extend_from_slice(&chunk);
+            }
+            assert!(got.starts_with(&durable), "seed {seed}: synced batches lost");
+            // Whatever survived past them is a prefix of what was appended, batch by batch.
+            let mut rest = &got[durable.len()..];
+            for b in &maybe {
+                if rest.is_empty() {
+                    break;
+                }
+                assert!(rest.starts_with(b), "seed {seed}: recovered bytes that were never appended");
+                rest = &rest[b.len()..];
+            }
+            assert!(rest.is_empty());
+            // The recovered log takes appends again at its end.
+            let mut b = make_batch(99, 1, 10, 0);
+            let info = log.append(4, &mut b).await.unwrap();
+            assert_eq!(info.base_offset, from);
+        });
+    }
+}
+
+#[test]
+fn failed_fsync_poisons_the_log() {
+    block_on(async {
+        let disk = SimDisk::new();
+        let log = Log::open(disk.clone(), "/sim/p", config(FsyncPolicy::Always), 0).await.unwrap();
+        let mut b = make_batch(0, 1, 10, 0);
+        log.append(1, &mut b).await.unwrap();
+        disk.fail_sync_in(1);
+        let mut b = make_batch(1, 1, 10, 0);
+        assert!(matches!(log.append(1, &mut b).await, Err(LogError::Io { op: "fdatasync", .. })));
+        assert!(log.is_poisoned());
+        let mut b = make_batch(2, 1, 10, 0);
+        assert!(matches!(log.append(1, &mut b).await, Err(LogError::Poisoned { .. })));
+        assert_eq!(log.acked_end(), Offset(1), "the failed batch is never acknowledged");
+        assert_eq!(log.read(Offset(0), 1 << 20).await.unwrap().len(), make_batch(0, 1, 10, 0).len());
+    });
+}
+
+#[test]
+fn failed_write_poisons_the_log() {
+    block_on(async {
+        let disk = SimDisk::new();
+        let log = Log::open(disk.clone(), "/sim/p", config(FsyncPolicy::Never), 0).await.unwrap();
+        disk.fail_write_in(1);
+        let mut b = make_batch(0, 1, 10, 0);
+        assert!(matches!(log.append(1, &mut b).await, Err(LogError::Io { op: "write", .. })));
+        let mut b = make_batch(1, 1, 10, 0);
+        assert!(matches!(log.append(1, &mut b).await, Err(LogError::Poisoned { .. })));
+        assert_eq!(log.acked_end(), Offset(0));
+    });
+}
+
+#[test]
+fn damaged_indexes_are_rebuilt_and_corrupt_batches_cut() {
+    block_on(async {
+        let disk = SimDisk::new();
+        let dir = PathBuf::from("/sim/p");
+        let cfg = config(FsyncPolicy::Always);
+        let log = Log::open(disk.clone(), &dir, cfg.clone(), 0).await.unwrap();
+        let mut all = Vec::new();
+        for i in 0..60 {
+            let mut b = make_batch(i, 2, 1500, 0);
+            log.append(1, &mut b).await.unwrap();
+            all.push(b);
+        }
+        assert!(log.segment_count() >= 4);
+        drop(log);
+        // Damage the index of the first segment: it is rebuilt from the segment.
+        disk.corrupt(&dir.join(format!("{:020}.index", 0)), 10);
+        let log = Log::open(disk.clone(), &dir, cfg.clone(), 2).await.unwrap();
+        assert_eq!(log.end_offset(), Offset(120));
+        let got = log.read(Offset(5), 1 << 20).await.unwrap();
+        assert!(got.starts_with(&all[2]), "offset 5 lives in the third batch");
+        drop(log);
+        // Flip a bit inside the active segment's 3rd-to-last batch: it and what follows go.
+        let active_base = {
+            let log = Log::open(disk.clone(), &dir, cfg.clone(), 3).await.unwrap();
+            let end = log.end_offset().0;
+            let bytes = log.read(Offset(end - 6), 1 << 20).await.unwrap();
+            let h = BatchHeader::parse(&bytes).unwrap();
+            assert_eq!(h.base_offset, end - 6);
+            h.base_offset
+        };
+        let names: Vec<i64> = (0..200).filter(|b| disk.file_len(&dir.join(format!("{b:020}.log"))).is_some()).collect();
+        let last_base = *names.last().unwrap();
+        let seg = dir.join(format!("{last_base:020}.log"));
+        let seg_len = disk.file_len(&seg).unwrap();
+        let batch_len = all[0].len();
+        disk.corrupt(&seg, seg_len - 3 * batch_len + 100);
+        let log = Log::open(disk.clone(), &dir, cfg, 4).await.unwrap();
+        assert_eq!(log.end_offset().0, active_base, "corrupt batch and its successors are cut");
+    });
+}
+
+#[test]
+fn retention_by_time_deletes_old_segments_only() {
+    block_on(async {
+        let disk = SimDisk::new();
+        let mut cfg = config(FsyncPolicy::Never);
+        cfg.retention_bytes = None;
+        cfg.retention_ms = Some(1_000);
+        let log = Log::open(disk, "/sim/p", cfg, 0).await.unwrap();
+        for i in 0..40 {
+            let mut b = make_batch(i, 2, 1500, 0);
+            log.append(1, &mut b).await.unwrap();
+        }
+        let segments = log.segment_count();
+        // Batch timestamps are ~1_000_000 + 10 * seq; everything sealed is older than now - 1s.
+        assert_eq!(log.enforce_retention(1_000_000 + 100).await.unwrap(), 0);
+        let deleted = log.enforce_retention(5_000_000).await.unwrap();
+        assert_eq!(deleted, segments - 1, "all sealed segments expire, the active one stays");
+        assert!(log.start_offset().0 > 0);
+        assert!(matches!(log.read(Offset(0), 100).await, Err(LogError::OffsetOutOfRange { .. })));
+    });
+}
+
+#[test]
+fn rejects_bad_batches() {
+    block_on(async {
+        let log = Log::open(SimDisk::new(), "/sim/p", config(FsyncPolicy::Always), 0).await.unwrap();
+        let mut b = make_batch(0, 2, 10, 0);
+        let last = b.len() - 1;
+        b[last] ^= 1;
+        assert!(matches!(log.append(1, &mut b).await, Err(LogError::InvalidBatch(_))));
+        let mut big = make_batch(0, 1, 2 << 20, 0);
+        assert!(matches!(log.append(1, &mut big).await, Err(LogError::BatchTooLarge { .. })));
+        assert_eq!(log.end_offset(), Offset(0));
+    });
+}
