@@ -141,3 +141,22 @@ impl DiskFile for DmaSegmentFile {
         self.file.file_size().await.map_err(glommio_io)
     }
 }
+
+/// Runs `fut` to completion on a new glommio executor on the calling thread, with a small
+/// io_memory so that many executors fit in the default 8 MiB locked-memory limit.
+pub fn run_local<T>(name: &str, fut: impl std::future::Future<Output = T>) -> io::Result<T> {
+    let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .name(name)
+        .io_memory(1 << 20)
+        .make()
+        .map_err(|e| io::Error::other(format!("cannot start glommio executor: {e}")))?;
+    Ok(ex.run(fut))
+}
+
+/// Milliseconds since the Unix epoch: the clock the I/O edge passes into the log.
+pub fn wall_clock_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

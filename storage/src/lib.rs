@@ -25,7 +25,7 @@ pub mod notify;
 pub mod sim;
 
 pub use config::{FsyncPolicy, LogConfig};
-pub use dma::DmaDisk;
+pub use dma::{run_local, wall_clock_ms, DmaDisk};
 pub use error::LogError;
 pub use log::{AppendInfo, Log, TimestampHit};
 pub use sim::SimDisk;

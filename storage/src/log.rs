@@ -83,8 +83,9 @@ struct State<F: DiskFile> {
     /// Offsets below this are covered by an fdatasync.
     synced_offset: i64,
     io_busy: bool,
-    /// A truncation is replacing segments: appends and retention wait.
-    truncating: bool,
+    /// A roll or truncation is replacing the active segment: appends (and retention) wait, so
+    /// that no batch lands in a tail that is about to be discarded.
+    appends_blocked: bool,
     poisoned: Option<String>,
     last_sync_ms: u64,
 }
@@ -234,7 +235,7 @@ impl<D: Disk> Log<D> {
                 written_offset: next_offset,
                 synced_offset: next_offset,
                 io_busy: false,
-                truncating: false,
+                appends_blocked: false,
                 poisoned: None,
                 last_sync_ms: now_ms,
             }),
@@ -297,13 +298,14 @@ impl<D: Disk> Log<D> {
             let next = {
                 let mut st = self.state.borrow_mut();
                 self.check_poison(&st)?;
-                if st.truncating {
+                if st.appends_blocked {
                     Next::Wait
                 } else if self.needs_roll(&st, now_ms, batch.len(), header.last_offset_delta) {
                     if st.io_busy {
                         Next::Wait
                     } else {
                         st.io_busy = true;
+                        st.appends_blocked = true;
                         Next::Roll
                     }
                 } else if let Some(info) = self.try_buffer(&mut st, now_ms, batch, &header) {
@@ -316,7 +318,12 @@ impl<D: Disk> Log<D> {
                 }
             };
             match next {
-                Next::Roll => self.exclusive(self.roll(now_ms)).await?,
+                Next::Roll => {
+                    let rolled = self.exclusive(self.roll(now_ms)).await;
+                    self.state.borrow_mut().appends_blocked = false;
+                    self.changed.notify_all();
+                    rolled?
+                }
                 Next::Flush => self.exclusive(self.flush_round(now_ms, false)).await?,
                 Next::Wait => wait.await,
             }
@@ -476,7 +483,7 @@ impl<D: Disk> Log<D> {
     pub async fn enforce_retention(&self, now_ms: u64) -> Result<usize, LogError> {
         let doomed: Vec<i64> = {
             let st = self.state.borrow();
-            if st.truncating {
+            if st.appends_blocked {
                 return Ok(0);
             }
             let mut total: u64 = st.segments.values().map(|s| s.size).sum();
@@ -528,7 +535,7 @@ impl<D: Disk> Log<D> {
                 self.check_poison(&st)?;
                 if !st.io_busy {
                     st.io_busy = true;
-                    st.truncating = true;
+                    st.appends_blocked = true;
                     break;
                 }
             }
@@ -540,7 +547,7 @@ impl<D: Disk> Log<D> {
                 self.truncate_locked(offset.0).await
             })
             .await;
-        self.state.borrow_mut().truncating = false;
+        self.state.borrow_mut().appends_blocked = false;
         self.changed.notify_all();
         result
     }
