@@ -61,6 +61,8 @@ struct Segment<F> {
     max_timestamp: i64,
     index: SegmentIndex,
     first_append_ms: Option<u64>,
+    /// The file is allocated (and sized, zero-filled) up to here; see [`PREALLOCATE_BYTES`].
+    preallocated: u64,
 }
 
 struct Tail<B> {
@@ -92,6 +94,10 @@ struct State<F: DiskFile> {
 
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
 const TAIL_BYTES_MIN: usize = 64 << 10;
+/// Step by which the active segment's file is allocated ahead of writes (Redpanda allocates
+/// 32 MiB ahead too): writes inside allocated blocks skip the filesystem's allocation and
+/// file-size updates. Recovery sees the zeros past the last batch as the end of the log.
+const PREALLOCATE_BYTES: u64 = 32 << 20;
 
 impl<F: DiskFile> State<F> {
     fn active(&self) -> &Segment<F> {
@@ -177,6 +183,7 @@ impl<D: Disk> Log<D> {
                     max_timestamp: summary.max_timestamp,
                     index,
                     first_append_ms: None,
+                    preallocated: 0,
                 },
                 None => {
                     let scan = scan_segment(&file, &path, base, file_bytes, config.index_interval_bytes)
@@ -201,6 +208,7 @@ impl<D: Disk> Log<D> {
                         max_timestamp: scan.max_timestamp,
                         index: scan.index,
                         first_append_ms: (scan.valid_bytes > 0).then_some(now_ms),
+                        preallocated: 0,
                     };
                     if !last && !cut {
                         write_index(&disk, &dir, &segment).await?;
@@ -683,6 +691,15 @@ impl<D: Disk> Log<D> {
         let path = self.active_path();
         let (file, upto) = match write {
             Some((file, buf, pos, upto)) => {
+                let end = pos + buf.bytes().len() as u64;
+                let preallocated = self.state.borrow().active().preallocated;
+                if end > preallocated {
+                    let to = (end + PREALLOCATE_BYTES).min(align_up(self.config.segment_bytes_max).max(end));
+                    file.preallocate(to)
+                        .await
+                        .map_err(|e| LogError::io("fallocate", &path, e))?;
+                    self.state.borrow_mut().active_mut().preallocated = to;
+                }
                 file.write_at(buf, pos)
                     .await
                     .map_err(|e| LogError::io("write", &path, e))?;
@@ -1172,6 +1189,7 @@ async fn create_segment<D: Disk>(
         max_timestamp: -1,
         index: SegmentIndex::default(),
         first_append_ms: None,
+        preallocated: 0,
     })
 }
 

@@ -1,1 +1,264 @@
-fn main(){}
+//! `sluice-bench`: Sluice's load generator. Every figure it prints comes from a run on this
+//! machine; compare against a baseline measured in the same invocation (`--compare-fio`).
+//!
+//! Modes:
+//! - `storage`: append batches straight into a partition log (no network), measuring MB/s and
+//!   the latency of each acknowledged append.
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use hdrhistogram::Histogram;
+use sluice_core::batch::{BatchBuilder, Compression};
+use sluice_storage::{run_local, wall_clock_ms, DmaDisk, FsyncPolicy, Log, LogConfig};
+
+#[derive(Parser)]
+#[command(name = "sluice-bench", version, about = "Sluice load generator")]
+struct Cli {
+    #[command(subcommand)]
+    mode: Mode,
+}
+
+#[derive(Subcommand)]
+enum Mode {
+    /// Append batches to a partition log on DIR and report throughput and append latency.
+    Storage(StorageArgs),
+}
+
+#[derive(clap::Args)]
+struct StorageArgs {
+    /// Directory to write in (a fresh subdirectory is created and removed).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Total bytes to append, e.g. 1GiB, 512MiB, 1000000.
+    #[arg(long, default_value = "1GiB", value_parser = parse_bytes)]
+    bytes: u64,
+    /// Size of each batch, e.g. 1MiB, 16KiB.
+    #[arg(long, default_value = "1MiB", value_parser = parse_bytes)]
+    batch_bytes: u64,
+    /// always | never | interval:MS
+    #[arg(long, default_value = "always")]
+    fsync: FsyncPolicy,
+    /// Appends in flight at once (producers sharing the log).
+    #[arg(long, default_value_t = 4)]
+    concurrency: usize,
+    /// Write a JSON report to FILE.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Also run `fio --rw=write --bs=1M --direct=1` over the same size in DIR first, and print
+    /// the log's throughput as a ratio of fio's.
+    #[arg(long)]
+    compare_fio: bool,
+}
+
+fn main() -> ExitCode {
+    sluice_storage::dma::keep_io_buffers_mapped();
+    let cli = Cli::parse();
+    let result = match cli.mode {
+        Mode::Storage(args) => storage(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => {
+            eprintln!("sluice-bench: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Parses `1GiB`, `64MiB`, `4KiB`, `1GB`, `1000` into bytes.
+fn parse_bytes(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size '{s}'"))?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        u => return Err(format!("unknown size unit '{u}' in '{s}'")),
+    };
+    n.checked_mul(mult)
+        .filter(|&b| b > 0)
+        .ok_or_else(|| format!("size '{s}' out of range"))
+}
+
+struct StorageReport {
+    bytes: u64,
+    batches: u64,
+    elapsed: Duration,
+    latency_us: Histogram<u64>,
+}
+
+fn storage(args: StorageArgs) -> Result<(), String> {
+    if args.batch_bytes < 128 || args.batch_bytes > 256 << 20 {
+        return Err("--batch-bytes must be between 128 B and 256 MiB".into());
+    }
+    std::fs::create_dir_all(&args.dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
+    let fio_mb_s = if args.compare_fio {
+        Some(run_fio(&args.dir, args.bytes)?)
+    } else {
+        None
+    };
+    let work = args.dir.join(format!("sluice-bench-storage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let report = run_local("sluice-bench", storage_run(&work, &args))
+        .map_err(|e| e.to_string())??;
+    let _ = std::fs::remove_dir_all(&work);
+
+    let secs = report.elapsed.as_secs_f64();
+    let mb_s = report.bytes as f64 / secs / 1e6;
+    let h = &report.latency_us;
+    let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
+    println!(
+        "storage fsync={:?} batch={}B concurrency={}: {} batches, {:.1} MB in {:.2}s = {:.1} MB/s ({:.0} batches/s)",
+        args.fsync,
+        args.batch_bytes,
+        args.concurrency,
+        report.batches,
+        report.bytes as f64 / 1e6,
+        secs,
+        mb_s,
+        report.batches as f64 / secs
+    );
+    println!(
+        "append latency ms: p50 {:.3}  p90 {:.3}  p99 {:.3}  p99.9 {:.3}  max {:.3}",
+        q(0.5),
+        q(0.9),
+        q(0.99),
+        q(0.999),
+        h.max() as f64 / 1000.0
+    );
+    if let Some(fio) = fio_mb_s {
+        println!(
+            "fio O_DIRECT sequential write (bs=1M) in the same run: {:.1} MB/s; log/fio = {:.2}",
+            fio,
+            mb_s / fio
+        );
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "mode": "storage",
+            "fsync": format!("{:?}", args.fsync),
+            "batch_bytes": args.batch_bytes,
+            "concurrency": args.concurrency,
+            "bytes": report.bytes,
+            "batches": report.batches,
+            "seconds": secs,
+            "mb_per_s": mb_s,
+            "latency_ms": {
+                "p50": q(0.5), "p90": q(0.9), "p99": q(0.99), "p999": q(0.999),
+                "max": h.max() as f64 / 1000.0,
+            },
+            "fio_mb_per_s": fio_mb_s,
+            "ratio_to_fio": fio_mb_s.map(|f| mb_s / f),
+        });
+        std::fs::write(path, serde_json::to_string_pretty(&json).expect("json"))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn storage_run(dir: &Path, args: &StorageArgs) -> Result<StorageReport, String> {
+    let config = LogConfig {
+        fsync: args.fsync,
+        batch_bytes_max: args.batch_bytes as usize + 4096,
+        write_buffer_bytes_max: (4 << 20).max(2 * args.batch_bytes as usize),
+        ..LogConfig::default()
+    };
+    let log = Rc::new(
+        Log::open(DmaDisk, dir, config, wall_clock_ms())
+            .await
+            .map_err(|e| e.to_string())?,
+    );
+    // One pre-built batch per producer, reused: the log rewrites only its base offset.
+    let value_bytes = args.batch_bytes as usize - 80;
+    let template = {
+        let mut b = BatchBuilder::new(Compression::None, wall_clock_ms() as i64);
+        let value: Vec<u8> = (0..value_bytes).map(|i| (i * 31 % 251) as u8).collect();
+        b.push(wall_clock_ms() as i64, Some(b"bench"), Some(&value), &[]);
+        b.build()
+    };
+    let total_batches = args.bytes.div_ceil(template.len() as u64);
+    let issued = Rc::new(Cell::new(0u64));
+    let hist = Rc::new(RefCell::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds"),
+    ));
+    let start = Instant::now();
+    let workers: Vec<_> = (0..args.concurrency.max(1))
+        .map(|_| {
+            let (log, issued, hist) = (log.clone(), issued.clone(), hist.clone());
+            let mut batch = template.clone();
+            glommio::spawn_local(async move {
+                while issued.get() < total_batches {
+                    issued.set(issued.get() + 1);
+                    let t0 = Instant::now();
+                    log.append(wall_clock_ms(), &mut batch)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    let us = t0.elapsed().as_micros() as u64;
+                    hist.borrow_mut().saturating_record(us.max(1));
+                }
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    for w in workers {
+        w.await?;
+    }
+    let elapsed = start.elapsed();
+    log.sync(wall_clock_ms()).await.map_err(|e| e.to_string())?;
+    let latency_us = hist.borrow().clone();
+    Ok(StorageReport {
+        bytes: total_batches * template.len() as u64,
+        batches: total_batches,
+        elapsed,
+        latency_us,
+    })
+}
+
+/// fio's sequential O_DIRECT write bandwidth in MB/s over `bytes` in `dir`.
+fn run_fio(dir: &Path, bytes: u64) -> Result<f64, String> {
+    let file = dir.join(format!("sluice-bench-fio-{}.dat", std::process::id()));
+    let out = std::process::Command::new("fio")
+        .args(["--name=seqwrite", "--rw=write", "--bs=1M", "--direct=1", "--output-format=json"])
+        .arg(format!("--size={bytes}"))
+        .arg(format!("--filename={}", file.display()))
+        .output()
+        .map_err(|e| format!("cannot run fio (apt-get install fio): {e}"))?;
+    let _ = std::fs::remove_file(&file);
+    if !out.status.success() {
+        return Err(format!("fio failed: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("cannot parse fio output: {e}"))?;
+    let bw = v["jobs"][0]["write"]["bw_bytes"]
+        .as_f64()
+        .ok_or("fio output has no jobs[0].write.bw_bytes")?;
+    Ok(bw / 1e6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_bytes;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_bytes("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_bytes("16KiB"), Ok(16 << 10));
+        assert_eq!(parse_bytes("1000"), Ok(1000));
+        assert_eq!(parse_bytes("2MB"), Ok(2_000_000));
+        assert!(parse_bytes("1XB").is_err());
+        assert!(parse_bytes("0").is_err());
+        assert!(parse_bytes("GiB").is_err());
+    }
+}
