@@ -54,8 +54,5 @@ pub trait DiskFile {
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>>;
     async fn sync(&self) -> io::Result<()>;
     async fn truncate(&self, len: u64) -> io::Result<()>;
-    /// Allocates blocks for `[0, len)` and extends the file to `len` (zeros), so that later
-    /// O_DIRECT writes neither allocate nor move the file size (both cost a metadata update).
-    async fn preallocate(&self, len: u64) -> io::Result<()>;
     async fn size(&self) -> io::Result<u64>;
 }

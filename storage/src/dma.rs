@@ -137,10 +137,6 @@ impl DiskFile for DmaSegmentFile {
         self.file.truncate(len).await.map_err(glommio_io)
     }
 
-    async fn preallocate(&self, len: u64) -> io::Result<()> {
-        self.file.pre_allocate(len, false).await.map_err(glommio_io)
-    }
-
     async fn size(&self) -> io::Result<u64> {
         self.file.file_size().await.map_err(glommio_io)
     }

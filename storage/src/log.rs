@@ -5,8 +5,9 @@
 //! into the active segment's aligned tail buffer; it then waits until the batch is acknowledged
 //! under the fsync policy. Whichever waiter finds the disk idle becomes the writer for everybody:
 //! it writes all buffered bytes in one aligned write (rewriting the partial last block of the
-//! previous write), and under `always` one fdatasync then covers every batch in it. Only one
-//! writer runs per log at a time (`io_busy`), so writes to a file never reorder.
+//! previous write), and under `always` an fdatasync then covers every batch written before it.
+//! At most one write and one fdatasync are in flight per log (`writing`, `syncing`): writes to
+//! a file never reorder, and the next write overlaps the previous batch's fdatasync.
 //!
 //! **Architecture invariant.** Nothing is acknowledged, and no reader sees a batch, before
 //! `acked_end` passes it: under `always` that is after fdatasync, otherwise after the write.
@@ -61,8 +62,6 @@ struct Segment<F> {
     max_timestamp: i64,
     index: SegmentIndex,
     first_append_ms: Option<u64>,
-    /// The file is allocated (and sized, zero-filled) up to here; see [`PREALLOCATE_BYTES`].
-    preallocated: u64,
 }
 
 struct Tail<B> {
@@ -84,7 +83,10 @@ struct State<F: DiskFile> {
     written_offset: i64,
     /// Offsets below this are covered by an fdatasync.
     synced_offset: i64,
-    io_busy: bool,
+    /// A write of the tail is in flight (or a roll/truncation holds the log).
+    writing: bool,
+    /// An fdatasync is in flight (or a roll/truncation holds the log).
+    syncing: bool,
     /// A roll or truncation is replacing the active segment: appends (and retention) wait, so
     /// that no batch lands in a tail that is about to be discarded.
     appends_blocked: bool,
@@ -94,12 +96,52 @@ struct State<F: DiskFile> {
 
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
 const TAIL_BYTES_MIN: usize = 64 << 10;
-/// Step by which the active segment's file is allocated ahead of writes (Redpanda allocates
-/// 32 MiB ahead too): writes inside allocated blocks skip the filesystem's allocation and
-/// file-size updates. Recovery sees the zeros past the last batch as the end of the log.
-const PREALLOCATE_BYTES: u64 = 32 << 20;
+
+
+/// Which I/O role a task takes on a log. At most one write and one fdatasync run at a time;
+/// `Exclusive` (roll, truncation) takes both and holds appends back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Claim {
+    Write,
+    Sync,
+    Exclusive,
+}
 
 impl<F: DiskFile> State<F> {
+    /// Takes `claim` if it is free; the caller must then run [`Log::claimed`].
+    fn claim(&mut self, claim: Claim) -> Option<Claim> {
+        match claim {
+            Claim::Write if !self.writing => self.writing = true,
+            Claim::Sync if !self.syncing => self.syncing = true,
+            Claim::Exclusive if !self.writing && !self.syncing => {
+                self.writing = true;
+                self.syncing = true;
+                self.appends_blocked = true;
+            }
+            _ => return None,
+        }
+        Some(claim)
+    }
+
+    fn release(&mut self, claim: Claim) {
+        match claim {
+            Claim::Write => {
+                assert!(self.writing, "release of an untaken write claim");
+                self.writing = false;
+            }
+            Claim::Sync => {
+                assert!(self.syncing, "release of an untaken sync claim");
+                self.syncing = false;
+            }
+            Claim::Exclusive => {
+                assert!(self.writing && self.syncing && self.appends_blocked);
+                self.writing = false;
+                self.syncing = false;
+                self.appends_blocked = false;
+            }
+        }
+    }
+
     fn active(&self) -> &Segment<F> {
         self.segments.values().next_back().expect("a log always has a segment")
     }
@@ -183,7 +225,6 @@ impl<D: Disk> Log<D> {
                     max_timestamp: summary.max_timestamp,
                     index,
                     first_append_ms: None,
-                    preallocated: 0,
                 },
                 None => {
                     let scan = scan_segment(&file, &path, base, file_bytes, config.index_interval_bytes)
@@ -208,8 +249,7 @@ impl<D: Disk> Log<D> {
                         max_timestamp: scan.max_timestamp,
                         index: scan.index,
                         first_append_ms: (scan.valid_bytes > 0).then_some(now_ms),
-                        preallocated: 0,
-                    };
+                        };
                     if !last && !cut {
                         write_index(&disk, &dir, &segment).await?;
                     }
@@ -242,7 +282,8 @@ impl<D: Disk> Log<D> {
                 tail,
                 written_offset: next_offset,
                 synced_offset: next_offset,
-                io_busy: false,
+                writing: false,
+                syncing: false,
                 appends_blocked: false,
                 poisoned: None,
                 last_sync_ms: now_ms,
@@ -298,45 +339,31 @@ impl<D: Disk> Log<D> {
         let header = batch::validate_for_append(batch)?;
         let info = loop {
             let wait = self.changed.notified();
-            enum Next {
-                Roll,
-                Flush,
-                Wait,
-            }
-            let next = {
+            let claim = {
                 let mut st = self.state.borrow_mut();
                 self.check_poison(&st)?;
                 if st.appends_blocked {
-                    Next::Wait
+                    None
                 } else if self.needs_roll(&st, now_ms, batch.len(), header.last_offset_delta) {
-                    if st.io_busy {
-                        Next::Wait
-                    } else {
-                        st.io_busy = true;
-                        st.appends_blocked = true;
-                        Next::Roll
-                    }
+                    // A roll needs the log to itself; appends that would land in the old
+                    // segment's tail are held back meanwhile.
+                    st.claim(Claim::Exclusive)
                 } else if let Some(info) = self.try_buffer(&mut st, now_ms, batch, &header) {
                     break info;
-                } else if st.io_busy {
-                    Next::Wait
                 } else {
-                    st.io_busy = true;
-                    Next::Flush
+                    st.claim(Claim::Write)
                 }
             };
-            match next {
-                Next::Roll => {
-                    let rolled = self.exclusive(self.roll(now_ms)).await;
-                    self.state.borrow_mut().appends_blocked = false;
-                    self.changed.notify_all();
-                    rolled?
-                }
-                Next::Flush => self.exclusive(self.flush_round(now_ms, false)).await?,
-                Next::Wait => wait.await,
+            match claim {
+                Some(Claim::Exclusive) => self.claimed(Claim::Exclusive, self.roll(now_ms)).await?,
+                Some(c) => self.claimed(c, self.write_round()).await?,
+                None => wait.await,
             }
         };
         self.wait_acked(now_ms, info.last_offset.0).await?;
+        if let FsyncPolicy::Interval { .. } = self.config.fsync {
+            self.tick(now_ms).await?;
+        }
         Ok(info)
     }
 
@@ -357,23 +384,22 @@ impl<D: Disk> Log<D> {
 
     /// Periodic work: the `interval` fsync policy's fdatasync when due.
     pub async fn tick(&self, now_ms: u64) -> Result<(), LogError> {
-        let due = {
-            let mut st = self.state.borrow_mut();
-            let due = match self.config.fsync {
-                FsyncPolicy::Interval { interval_ms } => {
-                    (st.synced_offset < st.written_offset || st.has_unwritten())
-                        && now_ms.saturating_sub(st.last_sync_ms) >= interval_ms
-                }
-                _ => false,
-            };
-            let due = due && !st.io_busy && st.poisoned.is_none();
-            if due {
-                st.io_busy = true;
-            }
-            due
+        let FsyncPolicy::Interval { interval_ms } = self.config.fsync else {
+            return Ok(());
         };
-        if due {
-            self.exclusive(self.flush_round(now_ms, true)).await?;
+        let claim = {
+            let mut st = self.state.borrow_mut();
+            let due = st.synced_offset < st.written_offset
+                && now_ms.saturating_sub(st.last_sync_ms) >= interval_ms
+                && st.poisoned.is_none();
+            if due {
+                st.claim(Claim::Sync)
+            } else {
+                None
+            }
+        };
+        if claim.is_some() {
+            self.claimed(Claim::Sync, self.sync_round(now_ms)).await?;
         }
         Ok(())
     }
@@ -382,20 +408,24 @@ impl<D: Disk> Log<D> {
     pub async fn sync(&self, now_ms: u64) -> Result<(), LogError> {
         loop {
             let wait = self.changed.notified();
-            {
+            let claim = {
                 let mut st = self.state.borrow_mut();
                 self.check_poison(&st)?;
-                if !st.has_unwritten() && st.synced_offset == st.next_offset {
+                if st.has_unwritten() {
+                    st.claim(Claim::Write)
+                } else if st.synced_offset < st.written_offset {
+                    st.claim(Claim::Sync)
+                } else if !st.writing && !st.syncing {
                     return Ok(());
+                } else {
+                    None
                 }
-                if !st.io_busy {
-                    st.io_busy = true;
-                    drop(st);
-                    self.exclusive(self.flush_round(now_ms, true)).await?;
-                    continue;
-                }
+            };
+            match claim {
+                Some(Claim::Write) => self.claimed(Claim::Write, self.write_round()).await?,
+                Some(c) => self.claimed(c, self.sync_round(now_ms)).await?,
+                None => wait.await,
             }
-            wait.await;
         }
     }
 
@@ -535,29 +565,23 @@ impl<D: Disk> Log<D> {
 
     /// Removes every batch holding an offset at or past `offset` (a batch that straddles it goes
     /// whole, as in Kafka). Returns the new end offset.
-    pub async fn truncate_to(&self, offset: Offset, now_ms: u64) -> Result<Offset, LogError> {
+    pub async fn truncate_to(&self, offset: Offset) -> Result<Offset, LogError> {
         loop {
             let wait = self.changed.notified();
             {
                 let mut st = self.state.borrow_mut();
                 self.check_poison(&st)?;
-                if !st.io_busy {
-                    st.io_busy = true;
-                    st.appends_blocked = true;
+                if st.claim(Claim::Exclusive).is_some() {
                     break;
                 }
             }
             wait.await;
         }
-        let result = self
-            .exclusive(async {
-                self.flush_round(now_ms, false).await?;
-                self.truncate_locked(offset.0).await
-            })
-            .await;
-        self.state.borrow_mut().appends_blocked = false;
-        self.changed.notify_all();
-        result
+        self.claimed(Claim::Exclusive, async {
+            self.write_round().await?;
+            self.truncate_locked(offset.0).await
+        })
+        .await
     }
 
     // ---- helpers ----
@@ -572,17 +596,17 @@ impl<D: Disk> Log<D> {
         }
     }
 
-    /// Runs `work` as the log's single writer: `io_busy` must already be set. Clears it and
-    /// wakes everybody afterwards; poisons the log if `work` failed.
-    async fn exclusive<T>(
+    /// Runs `work` under `claim` (already taken with [`State::claim`]), then releases it and
+    /// wakes every waiter. An I/O failure poisons the log: from then on nothing is acknowledged.
+    async fn claimed<T>(
         &self,
+        claim: Claim,
         work: impl std::future::Future<Output = Result<T, LogError>>,
     ) -> Result<T, LogError> {
         let result = work.await;
         {
             let mut st = self.state.borrow_mut();
-            assert!(st.io_busy, "exclusive section without io_busy");
-            st.io_busy = false;
+            st.release(claim);
             if let Err(e) = &result {
                 if matches!(e, LogError::Io { .. }) && st.poisoned.is_none() {
                     st.poisoned = Some(e.to_string());
@@ -663,74 +687,68 @@ impl<D: Disk> Log<D> {
     async fn wait_acked(&self, now_ms: u64, last_offset: i64) -> Result<(), LogError> {
         loop {
             let wait = self.changed.notified();
-            {
+            let claim = {
                 let mut st = self.state.borrow_mut();
                 if st.acked_end(self.config.fsync) > last_offset {
                     return Ok(());
                 }
                 self.check_poison(&st)?;
-                if !st.io_busy {
-                    st.io_busy = true;
-                    drop(st);
-                    self.exclusive(self.flush_round(now_ms, false)).await?;
-                    continue;
+                if st.written_offset <= last_offset {
+                    // Our batch is still in the tail: write it (and whatever joined it).
+                    if st.has_unwritten() {
+                        st.claim(Claim::Write)
+                    } else {
+                        None
+                    }
+                } else {
+                    // Written, not yet synced (`always`): one fdatasync for everybody written.
+                    st.claim(Claim::Sync)
                 }
+            };
+            match claim {
+                Some(Claim::Write) => self.claimed(Claim::Write, self.write_round()).await?,
+                Some(c) => self.claimed(c, self.sync_round(now_ms)).await?,
+                None => wait.await,
             }
-            wait.await;
         }
     }
 
-    /// One group commit: write the buffered bytes, then fdatasync if the policy (or `force_sync`)
-    /// says so. Caller holds `io_busy`.
-    async fn flush_round(&self, now_ms: u64, force_sync: bool) -> Result<(), LogError> {
+    /// Writes the tail's buffered bytes in one aligned write. Caller holds [`Claim::Write`].
+    async fn write_round(&self) -> Result<(), LogError> {
         let write = {
             let mut st = self.state.borrow_mut();
             self.check_poison(&st)?;
             self.take_tail_for_write(&mut st)
         };
-        let path = self.active_path();
-        let (file, upto) = match write {
-            Some((file, buf, pos, upto)) => {
-                let end = pos + buf.bytes().len() as u64;
-                let preallocated = self.state.borrow().active().preallocated;
-                if end > preallocated {
-                    let to = (end + PREALLOCATE_BYTES).min(align_up(self.config.segment_bytes_max).max(end));
-                    file.preallocate(to)
-                        .await
-                        .map_err(|e| LogError::io("fallocate", &path, e))?;
-                    self.state.borrow_mut().active_mut().preallocated = to;
-                }
-                file.write_at(buf, pos)
-                    .await
-                    .map_err(|e| LogError::io("write", &path, e))?;
-                self.state.borrow_mut().written_offset = upto;
-                (file, upto)
-            }
-            None => {
-                let st = self.state.borrow();
-                (st.active().file.clone(), st.written_offset)
-            }
+        let Some((file, buf, pos, upto)) = write else {
+            return Ok(());
         };
-        let sync = {
+        file.write_at(buf, pos)
+            .await
+            .map_err(|e| LogError::io("write", &self.active_path(), e))?;
+        let mut st = self.state.borrow_mut();
+        assert!(st.written_offset <= upto, "writes complete in order");
+        st.written_offset = upto;
+        Ok(())
+    }
+
+    /// One fdatasync of the active segment, covering everything written before it started.
+    /// Caller holds [`Claim::Sync`].
+    async fn sync_round(&self, now_ms: u64) -> Result<(), LogError> {
+        let (file, upto) = {
             let st = self.state.borrow();
-            st.synced_offset < upto
-                && (force_sync
-                    || match self.config.fsync {
-                        FsyncPolicy::Always => true,
-                        FsyncPolicy::Interval { interval_ms } => {
-                            now_ms.saturating_sub(st.last_sync_ms) >= interval_ms
-                        }
-                        FsyncPolicy::Never => false,
-                    })
+            self.check_poison(&st)?;
+            (st.active().file.clone(), st.written_offset)
         };
-        if sync {
-            file.sync()
-                .await
-                .map_err(|e| LogError::io("fdatasync", &path, e))?;
-            let mut st = self.state.borrow_mut();
-            st.synced_offset = upto;
-            st.last_sync_ms = now_ms;
+        if upto <= self.state.borrow().synced_offset {
+            return Ok(());
         }
+        file.sync()
+            .await
+            .map_err(|e| LogError::io("fdatasync", &self.active_path(), e))?;
+        let mut st = self.state.borrow_mut();
+        st.synced_offset = st.synced_offset.max(upto);
+        st.last_sync_ms = now_ms;
         Ok(())
     }
 
@@ -775,9 +793,9 @@ impl<D: Disk> Log<D> {
     }
 
     /// Seals the active segment (written, cut to its logical size, fdatasynced, indexed) and
-    /// starts a new one at the log end. Caller holds `io_busy`.
+    /// starts a new one at the log end. Caller holds [`Claim::Exclusive`].
     async fn roll(&self, now_ms: u64) -> Result<(), LogError> {
-        self.flush_round(now_ms, false).await?;
+        self.write_round().await?;
         let (file, size, path) = {
             let st = self.state.borrow();
             let a = st.active();
@@ -812,6 +830,7 @@ impl<D: Disk> Log<D> {
         st.tail = tail;
         st.written_offset = base;
         st.synced_offset = base;
+        st.last_sync_ms = now_ms;
         Ok(())
     }
 
@@ -1189,7 +1208,6 @@ async fn create_segment<D: Disk>(
         max_timestamp: -1,
         index: SegmentIndex::default(),
         first_append_ms: None,
-        preallocated: 0,
     })
 }
 

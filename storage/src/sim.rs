@@ -298,16 +298,6 @@ impl DiskFile for SimFile {
         Ok(())
     }
 
-    async fn preallocate(&self, len: u64) -> io::Result<()> {
-        let mut inner = self.inner.borrow_mut();
-        let f = inner.files.get_mut(&self.id).expect("open file exists");
-        if (f.current.len() as u64) < len {
-            f.current.resize(len as usize, 0);
-            f.pending.push(PendingOp::Truncate { len });
-        }
-        Ok(())
-    }
-
     async fn size(&self) -> io::Result<u64> {
         Ok(self.inner.borrow().files[&self.id].current.len() as u64)
     }

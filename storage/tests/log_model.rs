@@ -116,7 +116,7 @@ async fn run(ops: Vec<Op>, fsync: FsyncPolicy) {
             }
             Op::Truncate { at } => {
                 let Some((to, _)) = pick(&model, at) else { continue };
-                let end = log.truncate_to(Offset(to), now).await.unwrap();
+                let end = log.truncate_to(Offset(to)).await.unwrap();
                 model.retain(|s| s.header.last_offset() < to);
                 let model_end = model.last().map_or(end.0, |s| s.header.last_offset() + 1);
                 assert_eq!(end.0, model_end);
