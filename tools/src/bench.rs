@@ -49,10 +49,16 @@ struct StorageArgs {
     /// Write a JSON report to FILE.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Also run `fio --rw=write --bs=1M --direct=1` over the same size in DIR first, and print
-    /// the log's throughput as a ratio of fio's.
+    /// Bytes the log may buffer ahead of the disk (the largest single write).
+    #[arg(long, default_value = "4MiB", value_parser = parse_bytes)]
+    write_buffer: u64,
+    /// Also run `fio --rw=write --bs=1M --direct=1` over the same size in DIR, alternating with
+    /// the log runs, and print the log's throughput as a ratio of fio's (medians).
     #[arg(long)]
     compare_fio: bool,
+    /// Runs of the log (and of fio, with --compare-fio), alternated; medians are reported.
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
 }
 
 fn main() -> ExitCode {
@@ -104,19 +110,33 @@ fn storage(args: StorageArgs) -> Result<(), String> {
     }
     std::fs::create_dir_all(&args.dir)
         .map_err(|e| format!("cannot create {}: {e}", args.dir.display()))?;
-    let fio_mb_s = if args.compare_fio {
-        Some(run_fio(&args.dir, args.bytes)?)
-    } else {
-        None
-    };
-    let work = args.dir.join(format!("sluice-bench-storage-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&work);
-    let report = run_local("sluice-bench", storage_run(&work, &args))
-        .map_err(|e| e.to_string())??;
-    let _ = std::fs::remove_dir_all(&work);
-
+    // The disk's speed drifts on a shared machine: alternate fio and log runs and compare
+    // medians, so both see the same conditions.
+    let mut fio_runs = Vec::new();
+    let mut reports = Vec::new();
+    for _ in 0..args.repeat.max(1) {
+        if args.compare_fio {
+            fio_runs.push(run_fio(&args.dir, args.bytes)?);
+        }
+        let work = args.dir.join(format!("sluice-bench-storage-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        let report = run_local("sluice-bench", storage_run(&work, &args))
+            .map_err(|e| e.to_string())??;
+        let _ = std::fs::remove_dir_all(&work);
+        let mb_s = report.bytes as f64 / report.elapsed.as_secs_f64() / 1e6;
+        if args.repeat > 1 {
+            eprintln!(
+                "run {}: log {mb_s:.1} MB/s{}",
+                reports.len() + 1,
+                fio_runs.last().map(|f| format!(", fio {f:.1} MB/s")).unwrap_or_default()
+            );
+        }
+        reports.push((mb_s, report));
+    }
+    let fio_mb_s = (!fio_runs.is_empty()).then(|| median(&mut fio_runs));
+    reports.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mb_s, report) = reports.swap_remove(reports.len() / 2);
     let secs = report.elapsed.as_secs_f64();
-    let mb_s = report.bytes as f64 / secs / 1e6;
     let h = &report.latency_us;
     let q = |p: f64| h.value_at_quantile(p) as f64 / 1000.0;
     println!(
@@ -140,9 +160,10 @@ fn storage(args: StorageArgs) -> Result<(), String> {
     );
     if let Some(fio) = fio_mb_s {
         println!(
-            "fio O_DIRECT sequential write (bs=1M) in the same run: {:.1} MB/s; log/fio = {:.2}",
+            "fio O_DIRECT sequential write (bs=1M) in the same run: {:.1} MB/s; log/fio = {:.2} (medians of {} alternated runs)",
             fio,
-            mb_s / fio
+            mb_s / fio,
+            args.repeat.max(1)
         );
     }
     if let Some(path) = &args.json {
@@ -160,6 +181,7 @@ fn storage(args: StorageArgs) -> Result<(), String> {
                 "max": h.max() as f64 / 1000.0,
             },
             "fio_mb_per_s": fio_mb_s,
+            "repeat": args.repeat.max(1),
             "ratio_to_fio": fio_mb_s.map(|f| mb_s / f),
         });
         std::fs::write(path, serde_json::to_string_pretty(&json).expect("json"))
@@ -172,7 +194,7 @@ async fn storage_run(dir: &Path, args: &StorageArgs) -> Result<StorageReport, St
     let config = LogConfig {
         fsync: args.fsync,
         batch_bytes_max: args.batch_bytes as usize + 4096,
-        write_buffer_bytes_max: (4 << 20).max(2 * args.batch_bytes as usize),
+        write_buffer_bytes_max: args.write_buffer as usize,
         ..LogConfig::default()
     };
     let log = Rc::new(
@@ -224,6 +246,11 @@ async fn storage_run(dir: &Path, args: &StorageArgs) -> Result<StorageReport, St
         elapsed,
         latency_us,
     })
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 /// fio's sequential O_DIRECT write bandwidth in MB/s over `bytes` in `dir`.
