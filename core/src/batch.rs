@@ -219,13 +219,19 @@ pub fn validate_for_append(batch: &[u8]) -> Result<BatchHeader, BatchError> {
 
 /// Writes `baseOffset` in place. Not covered by the CRC, so the batch stays valid.
 pub fn set_base_offset(batch: &mut [u8], base_offset: Offset) {
-    assert!(batch.len() >= HEADER_BYTES, "set_base_offset on a short batch");
+    assert!(
+        batch.len() >= HEADER_BYTES,
+        "set_base_offset on a short batch"
+    );
     batch[0..8].copy_from_slice(&base_offset.0.to_be_bytes());
 }
 
 /// Writes `partitionLeaderEpoch` in place. Not covered by the CRC.
 pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
-    assert!(batch.len() >= HEADER_BYTES, "set_partition_leader_epoch on a short batch");
+    assert!(
+        batch.len() >= HEADER_BYTES,
+        "set_partition_leader_epoch on a short batch"
+    );
     batch[12..16].copy_from_slice(&epoch.to_be_bytes());
 }
 
@@ -282,7 +288,10 @@ pub fn records(batch: &[u8], decompressed_bytes_max: usize) -> Result<Vec<Record
             &owned
         }
     };
-    let mut reader = Cursor { bytes: body, pos: 0 };
+    let mut reader = Cursor {
+        bytes: body,
+        pos: 0,
+    };
     let count = header.records_count as usize;
     // Each record takes at least 7 bytes; do not trust the count for the allocation.
     let mut out = Vec::with_capacity(count.min(body.len() / 7 + 1));
@@ -308,7 +317,10 @@ pub fn records(batch: &[u8], decompressed_bytes_max: usize) -> Result<Vec<Record
         }
         let mut headers = Vec::with_capacity(header_count as usize);
         for _ in 0..header_count {
-            let key = r.bytes_opt().ok_or(bad("header key"))?.ok_or(bad("null header key"))?;
+            let key = r
+                .bytes_opt()
+                .ok_or(bad("header key"))?
+                .ok_or(bad("null header key"))?;
             let value = r.bytes_opt().ok_or(bad("header value"))?;
             headers.push(RecordHeader { key, value });
         }
@@ -346,7 +358,9 @@ fn decompress(codec: Compression, payload: &[u8], limit: usize) -> Result<Vec<u8
     match codec {
         Compression::None => out.extend_from_slice(payload),
         Compression::Gzip => read_limited(&mut flate2::read::GzDecoder::new(payload), &mut out)?,
-        Compression::Lz4 => read_limited(&mut lz4_flex::frame::FrameDecoder::new(payload), &mut out)?,
+        Compression::Lz4 => {
+            read_limited(&mut lz4_flex::frame::FrameDecoder::new(payload), &mut out)?
+        }
         Compression::Zstd => {
             let mut decoder =
                 zstd::stream::read::Decoder::new(payload).map_err(|e| fail(e.to_string()))?;

@@ -122,8 +122,12 @@ impl SegmentIndex {
         let increasing = offsets
             .windows(2)
             .all(|w| w[0].0 < w[1].0 && w[0].1 < w[1].1)
-            && times.windows(2).all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1)
-            && offsets.iter().all(|&(_, p)| (p as u64) < summary.segment_bytes.max(1));
+            && times
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1)
+            && offsets
+                .iter()
+                .all(|&(_, p)| (p as u64) < summary.segment_bytes.max(1));
         if !increasing {
             return None;
         }
@@ -155,8 +159,13 @@ fn seal(mut out: Vec<u8>) -> Vec<u8> {
     out
 }
 
-fn open<'a>(bytes: &'a [u8], magic: &[u8; 4], entry_bytes: usize) -> Option<(IndexSummary, &'a [u8])> {
-    if bytes.len() < HEADER_BYTES + 4 || &bytes[0..4] != magic || bytes[4..6] != 1u16.to_be_bytes() {
+fn open<'a>(
+    bytes: &'a [u8],
+    magic: &[u8; 4],
+    entry_bytes: usize,
+) -> Option<(IndexSummary, &'a [u8])> {
+    if bytes.len() < HEADER_BYTES + 4 || &bytes[0..4] != magic || bytes[4..6] != 1u16.to_be_bytes()
+    {
         return None;
     }
     let (body, crc) = bytes.split_at(bytes.len() - 4);
@@ -218,7 +227,10 @@ mod tests {
         };
         let (o, t) = (idx.encode_offsets(s), idx.encode_times(s));
         let (back, summary) = SegmentIndex::decode(&o, &t).unwrap();
-        assert_eq!((back.offsets, back.times, summary), (idx.offsets, idx.times, s));
+        assert_eq!(
+            (back.offsets, back.times, summary),
+            (idx.offsets, idx.times, s)
+        );
         for at in [0, 7, 20, o.len() / 2, o.len() - 1] {
             let mut bad = o.clone();
             bad[at] ^= 1;
@@ -226,5 +238,13 @@ mod tests {
         }
         assert!(SegmentIndex::decode(&o[..o.len() - 3], &t).is_none());
         assert!(SegmentIndex::decode(&o, &o).is_none());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(a in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+                                       b in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            let _ = SegmentIndex::decode(&a, &b);
+        }
     }
 }

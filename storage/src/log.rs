@@ -97,7 +97,6 @@ struct State<F: DiskFile> {
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
 const TAIL_BYTES_MIN: usize = 64 << 10;
 
-
 /// Which I/O role a task takes on a log. At most one write and one fdatasync run at a time;
 /// `Exclusive` (roll, truncation) takes both and holds appends back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,11 +142,17 @@ impl<F: DiskFile> State<F> {
     }
 
     fn active(&self) -> &Segment<F> {
-        self.segments.values().next_back().expect("a log always has a segment")
+        self.segments
+            .values()
+            .next_back()
+            .expect("a log always has a segment")
     }
 
     fn active_mut(&mut self) -> &mut Segment<F> {
-        self.segments.values_mut().next_back().expect("a log always has a segment")
+        self.segments
+            .values_mut()
+            .next_back()
+            .expect("a log always has a segment")
     }
 
     fn acked_end(&self, policy: FsyncPolicy) -> i64 {
@@ -173,7 +178,10 @@ impl<D: Disk> Log<D> {
         now_ms: u64,
     ) -> Result<Log<D>, LogError> {
         let dir = dir.into();
-        assert!(config.segment_bytes_max <= u32::MAX as u64, "segment.bytes must fit u32");
+        assert!(
+            config.segment_bytes_max <= u32::MAX as u64,
+            "segment.bytes must fit u32"
+        );
         disk.create_dir_all(&dir)
             .await
             .map_err(|e| LogError::io("create dir", &dir, e))?;
@@ -227,8 +235,9 @@ impl<D: Disk> Log<D> {
                     first_append_ms: None,
                 },
                 None => {
-                    let scan = scan_segment(&file, &path, base, file_bytes, config.index_interval_bytes)
-                        .await?;
+                    let scan =
+                        scan_segment(&file, &path, base, file_bytes, config.index_interval_bytes)
+                            .await?;
                     if scan.valid_bytes < file_bytes {
                         file.truncate(scan.valid_bytes)
                             .await
@@ -249,7 +258,7 @@ impl<D: Disk> Log<D> {
                         max_timestamp: scan.max_timestamp,
                         index: scan.index,
                         first_append_ms: (scan.valid_bytes > 0).then_some(now_ms),
-                        };
+                    };
                     if !last && !cut {
                         write_index(&disk, &dir, &segment).await?;
                     }
@@ -436,7 +445,11 @@ impl<D: Disk> Log<D> {
         let mut from = from.0;
         let (start, acked, end) = {
             let st = self.state.borrow();
-            (st.log_start, st.acked_end(self.config.fsync), st.next_offset)
+            (
+                st.log_start,
+                st.acked_end(self.config.fsync),
+                st.next_offset,
+            )
         };
         if from < start || from > end {
             return Err(LogError::OffsetOutOfRange {
@@ -447,10 +460,11 @@ impl<D: Disk> Log<D> {
         }
         let mut out = Vec::new();
         while from < acked {
-            let Some((file, path, pos, limit, seg_next)) = self.plan_read(from) else {
+            let Some(plan) = self.plan_read(from) else {
                 break;
             };
-            let mut cursor = BatchCursor::new(file, path, pos, limit);
+            let seg_next = plan.segment_end;
+            let mut cursor = BatchCursor::new(plan.file, plan.path, plan.pos, plan.limit);
             while let Some((header, _)) = cursor.next().await? {
                 if header.base_offset >= acked {
                     return Ok(out);
@@ -489,7 +503,12 @@ impl<D: Disk> Log<D> {
                 .map(|s| {
                     let rel = s.index.offset_for_timestamp(timestamp);
                     let pos = s.index.position_for(rel);
-                    (s.file.clone(), segment_path(&self.dir, s.base, "log"), pos, s.size)
+                    (
+                        s.file.clone(),
+                        segment_path(&self.dir, s.base, "log"),
+                        pos,
+                        s.size,
+                    )
                 })
                 .collect();
             (plans, acked)
@@ -529,7 +548,8 @@ impl<D: Disk> Log<D> {
             let mut doomed = Vec::new();
             for seg in st.segments.values().take(sealed) {
                 let expired = self.config.retention_ms.is_some_and(|ms| {
-                    seg.max_timestamp >= 0 && seg.max_timestamp.saturating_add(ms as i64) < now_ms as i64
+                    seg.max_timestamp >= 0
+                        && seg.max_timestamp.saturating_add(ms as i64) < now_ms as i64
                 });
                 let oversized = self
                     .config
@@ -653,7 +673,8 @@ impl<D: Disk> Log<D> {
             };
             let active_file = st.active().file.clone();
             let mut bigger = active_file.alloc(grow_to);
-            bigger.bytes_mut()[..st.tail.fill].copy_from_slice(&st.tail.buf.bytes()[..st.tail.fill]);
+            bigger.bytes_mut()[..st.tail.fill]
+                .copy_from_slice(&st.tail.buf.bytes()[..st.tail.fill]);
             st.tail.buf = bigger;
         }
         let base = st.next_offset;
@@ -799,7 +820,11 @@ impl<D: Disk> Log<D> {
         let (file, size, path) = {
             let st = self.state.borrow();
             let a = st.active();
-            (a.file.clone(), a.size, segment_path(&self.dir, a.base, "log"))
+            (
+                a.file.clone(),
+                a.size,
+                segment_path(&self.dir, a.base, "log"),
+            )
         };
         file.truncate(size)
             .await
@@ -807,16 +832,17 @@ impl<D: Disk> Log<D> {
         file.sync()
             .await
             .map_err(|e| LogError::io("fdatasync", &path, e))?;
-        {
-            let summary_seg = self.state.borrow();
-            let active = summary_seg.active();
+        let (base, offsets, times) = {
+            let st = self.state.borrow();
+            let active = st.active();
             let summary = summary_of(active);
-            let offsets = active.index.encode_offsets(summary);
-            let times = active.index.encode_times(summary);
-            let base = active.base;
-            drop(summary_seg);
-            write_index_bytes(&self.disk, &self.dir, base, offsets, times).await?;
-        }
+            (
+                active.base,
+                active.index.encode_offsets(summary),
+                active.index.encode_times(summary),
+            )
+        };
+        write_index_bytes(&self.disk, &self.dir, base, offsets, times).await?;
         let base = self.state.borrow().next_offset;
         let segment = create_segment(&self.disk, &self.dir, base).await?;
         let tail = Tail {
@@ -842,7 +868,12 @@ impl<D: Disk> Log<D> {
             }
             let doomed: Vec<i64> = st.segments.range(target..).map(|(&b, _)| b).collect();
             let keep = st.segments.range(..target).next_back().map(|(&b, s)| {
-                (b, s.file.clone(), s.index.position_for((target - b) as u32), s.size)
+                (
+                    b,
+                    s.file.clone(),
+                    s.index.position_for((target - b) as u32),
+                    s.size,
+                )
             });
             (doomed, keep)
         };
@@ -882,7 +913,12 @@ impl<D: Disk> Log<D> {
                 let scan =
                     scan_segment(&*file, &path, base, at, self.config.index_interval_bytes).await?;
                 assert_eq!(scan.valid_bytes, at, "truncated segment rescans to its cut");
-                let seg = self.state.borrow_mut().segments.remove(&base).expect("kept segment");
+                let seg = self
+                    .state
+                    .borrow_mut()
+                    .segments
+                    .remove(&base)
+                    .expect("kept segment");
                 Segment {
                     size: at,
                     next_offset: scan.next_offset,
@@ -910,18 +946,26 @@ impl<D: Disk> Log<D> {
         Ok(Offset(end))
     }
 
-    fn plan_read(&self, from: i64) -> Option<(Rc<D::File>, PathBuf, u64, u64, i64)> {
+    fn plan_read(&self, from: i64) -> Option<ReadPlan<D::File>> {
         let st = self.state.borrow();
         let (_, seg) = st.segments.range(..=from).next_back()?;
-        let pos = seg.index.position_for((from - seg.base) as u32) as u64;
-        Some((
-            seg.file.clone(),
-            segment_path(&self.dir, seg.base, "log"),
-            pos,
-            seg.size,
-            seg.next_offset,
-        ))
+        Some(ReadPlan {
+            file: seg.file.clone(),
+            path: segment_path(&self.dir, seg.base, "log"),
+            pos: seg.index.position_for((from - seg.base) as u32) as u64,
+            limit: seg.size,
+            segment_end: seg.next_offset,
+        })
     }
+}
+
+/// Where a read starts: the segment holding the offset and the indexed position before it.
+struct ReadPlan<F> {
+    file: Rc<F>,
+    path: PathBuf,
+    pos: u64,
+    limit: u64,
+    segment_end: i64,
 }
 
 /// Reads consecutive batches of one segment file in large chunks.
@@ -995,7 +1039,10 @@ impl<F: DiskFile> BatchCursor<F> {
     /// Makes `buf` start at the next batch and hold at least `need` bytes (if the file has them).
     async fn refill(&mut self, need: usize) -> Result<(), LogError> {
         let pos = self.buf_pos + self.at as u64;
-        let want = need.max(SCAN_CHUNK_BYTES).min((self.limit - pos) as usize).max(need);
+        let want = need
+            .max(SCAN_CHUNK_BYTES)
+            .min((self.limit - pos) as usize)
+            .max(need);
         let bytes = self
             .file
             .read_at(pos, want)
@@ -1133,7 +1180,11 @@ async fn load_index<D: Disk>(
         .filter(|(_, s)| s.segment_bytes == file_bytes && s.last_offset >= base))
 }
 
-async fn write_index<D: Disk>(disk: &D, dir: &Path, seg: &Segment<D::File>) -> Result<(), LogError> {
+async fn write_index<D: Disk>(
+    disk: &D,
+    dir: &Path,
+    seg: &Segment<D::File>,
+) -> Result<(), LogError> {
     let summary = summary_of(seg);
     write_index_bytes(
         disk,

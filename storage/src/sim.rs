@@ -130,7 +130,10 @@ impl SimDisk {
 
     pub fn file_len(&self, path: &Path) -> Option<usize> {
         let inner = self.inner.borrow();
-        inner.names.get(path).map(|id| inner.files[id].current.len())
+        inner
+            .names
+            .get(path)
+            .map(|id| inner.files[id].current.len())
     }
 
     fn trip(counter: &mut Option<u32>) -> bool {
@@ -155,7 +158,10 @@ struct YieldOnce(bool);
 impl std::future::Future for YieldOnce {
     type Output = ();
 
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
         if self.0 {
             return std::task::Poll::Ready(());
         }
@@ -182,7 +188,12 @@ impl Disk for SimDisk {
             .names
             .keys()
             .filter(|p| p.parent() == Some(dir))
-            .map(|p| p.file_name().expect("file name").to_string_lossy().into_owned())
+            .map(|p| {
+                p.file_name()
+                    .expect("file name")
+                    .to_string_lossy()
+                    .into_owned()
+            })
             .collect())
     }
 
@@ -213,7 +224,10 @@ impl Disk for SimDisk {
 
     async fn read_small(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
         let inner = self.inner.borrow();
-        Ok(inner.names.get(path).map(|id| inner.files[id].current.clone()))
+        Ok(inner
+            .names
+            .get(path)
+            .map(|id| inner.files[id].current.clone()))
     }
 
     async fn write_small_atomic(&self, path: &Path, bytes: Vec<u8>) -> io::Result<()> {
@@ -247,14 +261,21 @@ impl DiskFile for SimFile {
     type Buf = SimBuf;
 
     fn alloc(&self, len: usize) -> SimBuf {
-        assert!(len % ALIGN == 0, "unaligned buffer length {len}");
+        assert!(len.is_multiple_of(ALIGN), "unaligned buffer length {len}");
         SimBuf(vec![0xAB; len])
     }
 
     async fn write_at(&self, buf: SimBuf, pos: u64) -> io::Result<()> {
         YieldOnce(false).await;
-        assert!(pos % ALIGN as u64 == 0, "unaligned O_DIRECT write at {pos}");
-        assert!(buf.0.len() % ALIGN == 0, "unaligned O_DIRECT length {}", buf.0.len());
+        assert!(
+            pos.is_multiple_of(ALIGN as u64),
+            "unaligned O_DIRECT write at {pos}"
+        );
+        assert!(
+            buf.0.len().is_multiple_of(ALIGN),
+            "unaligned O_DIRECT length {}",
+            buf.0.len()
+        );
         let mut inner = self.inner.borrow_mut();
         if SimDisk::trip(&mut inner.fail_write_in) {
             return Err(eio("write"));

@@ -12,13 +12,26 @@ use sluice_storage::{FsyncPolicy, Log, LogConfig, LogError, SimDisk};
 
 #[derive(Debug, Clone)]
 enum Op {
-    Append { records: usize, value_bytes: usize, codec: u8 },
-    Read { at: u16, max_bytes: usize },
-    ByTime { at: u16 },
-    Truncate { at: u16 },
+    Append {
+        records: usize,
+        value_bytes: usize,
+        codec: u8,
+    },
+    Read {
+        at: u16,
+        max_bytes: usize,
+    },
+    ByTime {
+        at: u16,
+    },
+    Truncate {
+        at: u16,
+    },
     Retain,
     Reopen,
-    Crash { seed: u64 },
+    Crash {
+        seed: u64,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -58,8 +71,15 @@ fn make_batch(seq: u64, records: usize, value_bytes: usize, codec: u8) -> Vec<u8
     let ts0 = 1_000_000 + seq as i64 * 10;
     let mut b = BatchBuilder::new(codec, ts0);
     for r in 0..records {
-        let value: Vec<u8> = (0..value_bytes).map(|i| (seq as usize * 31 + r + i) as u8).collect();
-        b.push(ts0 + r as i64, Some(format!("{seq}-{r}").as_bytes()), Some(&value), &[]);
+        let value: Vec<u8> = (0..value_bytes)
+            .map(|i| (seq as usize * 31 + r + i) as u8)
+            .collect();
+        b.push(
+            ts0 + r as i64,
+            Some(format!("{seq}-{r}").as_bytes()),
+            Some(&value),
+            &[],
+        );
     }
     b.build()
 }
@@ -75,24 +95,34 @@ async fn run(ops: Vec<Op>, fsync: FsyncPolicy) {
     let disk = SimDisk::new();
     let dir = PathBuf::from("/sim/topic-0");
     let mut now = 1_000u64;
-    let mut log = Log::open(disk.clone(), &dir, config(fsync), now).await.unwrap();
+    let mut log = Log::open(disk.clone(), &dir, config(fsync), now)
+        .await
+        .unwrap();
     let mut model: Vec<Stored> = Vec::new();
     let mut seq = 0u64;
     for op in ops {
         now += 1;
         match op {
-            Op::Append { records, value_bytes, codec } => {
+            Op::Append {
+                records,
+                value_bytes,
+                codec,
+            } => {
                 let mut bytes = make_batch(seq, records, value_bytes, codec);
                 seq += 1;
                 let info = log.append(now, &mut bytes).await.unwrap();
-                let expected = model.last().map_or(log.start_offset().0.max(0), |s| s.header.last_offset() + 1);
+                let expected = model
+                    .last()
+                    .map_or(log.start_offset().0.max(0), |s| s.header.last_offset() + 1);
                 assert_eq!(info.base_offset.0, expected, "offsets are dense");
                 assert_eq!(info.last_offset.0 - info.base_offset.0 + 1, records as i64);
                 let header = batch::validate(&bytes).unwrap();
                 model.push(Stored { bytes, header });
             }
             Op::Read { at, max_bytes } => {
-                let Some((from, first)) = pick(&model, at) else { continue };
+                let Some((from, first)) = pick(&model, at) else {
+                    continue;
+                };
                 let got = log.read(Offset(from), max_bytes).await.unwrap();
                 let mut want = Vec::new();
                 for s in &model[first..] {
@@ -104,18 +134,30 @@ async fn run(ops: Vec<Op>, fsync: FsyncPolicy) {
                 // A read stops at a segment boundary; it must be a prefix of the model's answer
                 // and hold at least the first batch.
                 assert!(!got.is_empty(), "read at {from} returned nothing");
-                assert!(want.starts_with(&got), "read at {from} diverges from the model");
+                assert!(
+                    want.starts_with(&got),
+                    "read at {from} diverges from the model"
+                );
             }
             Op::ByTime { at } => {
-                let Some((_, first)) = pick(&model, at) else { continue };
+                let Some((_, first)) = pick(&model, at) else {
+                    continue;
+                };
                 let ts = model[first].header.base_timestamp + 1;
                 let hit = log.offset_for_timestamp(ts).await.unwrap();
-                let want = model.iter().flat_map(|s| batch::records(&s.bytes, 1 << 24).unwrap())
+                let want = model
+                    .iter()
+                    .flat_map(|s| batch::records(&s.bytes, 1 << 24).unwrap())
                     .find(|r| r.timestamp >= ts);
-                assert_eq!(hit.map(|h| (h.offset.0, h.timestamp)), want.map(|r| (r.offset, r.timestamp)));
+                assert_eq!(
+                    hit.map(|h| (h.offset.0, h.timestamp)),
+                    want.map(|r| (r.offset, r.timestamp))
+                );
             }
             Op::Truncate { at } => {
-                let Some((to, _)) = pick(&model, at) else { continue };
+                let Some((to, _)) = pick(&model, at) else {
+                    continue;
+                };
                 let end = log.truncate_to(Offset(to)).await.unwrap();
                 model.retain(|s| s.header.last_offset() < to);
                 let model_end = model.last().map_or(end.0, |s| s.header.last_offset() + 1);
@@ -132,7 +174,9 @@ async fn run(ops: Vec<Op>, fsync: FsyncPolicy) {
             Op::Reopen => {
                 log.sync(now).await.unwrap();
                 drop(log);
-                log = Log::open(disk.clone(), &dir, config(fsync), now).await.unwrap();
+                log = Log::open(disk.clone(), &dir, config(fsync), now)
+                    .await
+                    .unwrap();
             }
             Op::Crash { mut seed } => {
                 if fsync != FsyncPolicy::Always {
@@ -140,8 +184,10 @@ async fn run(ops: Vec<Op>, fsync: FsyncPolicy) {
                 }
                 seed |= 1;
                 drop(log);
-                disk.crash(|_| xorshift(&mut seed) % 2 == 0);
-                log = Log::open(disk.clone(), &dir, config(fsync), now).await.unwrap();
+                disk.crash(|_| xorshift(&mut seed).is_multiple_of(2));
+                log = Log::open(disk.clone(), &dir, config(fsync), now)
+                    .await
+                    .unwrap();
             }
         }
         check_whole(&log, &model).await;
@@ -163,7 +209,11 @@ async fn check_whole<D: sluice_storage::disk::Disk>(log: &Log<D>, model: &[Store
     let end = model.last().map(|s| s.header.last_offset() + 1);
     if let Some(end) = end {
         assert_eq!(log.end_offset().0, end, "log end offset");
-        assert_eq!(log.acked_end().0, end, "everything appended is acknowledged");
+        assert_eq!(
+            log.acked_end().0,
+            end,
+            "everything appended is acknowledged"
+        );
     }
     let mut all = Vec::new();
     let mut from = log.start_offset();
@@ -178,7 +228,12 @@ async fn check_whole<D: sluice_storage::disk::Disk>(log: &Log<D>, model: &[Store
         all.extend_from_slice(&chunk);
     }
     let want: Vec<u8> = model.iter().flat_map(|s| s.bytes.iter().copied()).collect();
-    assert!(all == want, "log content ({} bytes) differs from model ({} bytes)", all.len(), want.len());
+    assert!(
+        all == want,
+        "log content ({} bytes) differs from model ({} bytes)",
+        all.len(),
+        want.len()
+    );
 }
 
 proptest! {
@@ -199,7 +254,9 @@ proptest! {
 fn concurrent_appends_share_one_fsync() {
     block_on(async {
         let disk = SimDisk::new();
-        let log = Log::open(disk.clone(), "/sim/p", config(FsyncPolicy::Always), 0).await.unwrap();
+        let log = Log::open(disk.clone(), "/sim/p", config(FsyncPolicy::Always), 0)
+            .await
+            .unwrap();
         let syncs_before = disk.syncs();
         let appends = (0..64).map(|i| {
             let log = &log;
@@ -214,7 +271,10 @@ fn concurrent_appends_share_one_fsync() {
             assert_eq!(info.base_offset.0, 2 * i as i64);
         }
         let syncs = disk.syncs() - syncs_before;
-        assert!(syncs <= 4, "64 concurrent appends took {syncs} fsyncs; group commit expected");
+        assert!(
+            syncs <= 4,
+            "64 concurrent appends took {syncs} fsyncs; group commit expected"
+        );
     });
 }
 
@@ -223,8 +283,12 @@ fn torn_unsynced_tail_is_cut_and_synced_data_survives() {
     for seed in 1..200u64 {
         block_on(async {
             let disk = SimDisk::new();
-            let cfg = config(FsyncPolicy::Interval { interval_ms: 1_000_000 });
-            let log = Log::open(disk.clone(), "/sim/p", cfg.clone(), 0).await.unwrap();
+            let cfg = config(FsyncPolicy::Interval {
+                interval_ms: 1_000_000,
+            });
+            let log = Log::open(disk.clone(), "/sim/p", cfg.clone(), 0)
+                .await
+                .unwrap();
             let mut durable = Vec::new();
             for i in 0..10 {
                 let mut b = make_batch(i, 3, 700, (i % 3) as u8);
@@ -240,7 +304,7 @@ fn torn_unsynced_tail_is_cut_and_synced_data_survives() {
             }
             drop(log);
             let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-            disk.crash(|_| xorshift(&mut s) % 3 != 0);
+            disk.crash(|_| !xorshift(&mut s).is_multiple_of(3));
             let log = Log::open(disk.clone(), "/sim/p", cfg, 3).await.unwrap();
             let mut got = Vec::new();
             let mut from = Offset(0);
@@ -251,14 +315,20 @@ fn torn_unsynced_tail_is_cut_and_synced_data_survives() {
                 from = Offset(batches.last().unwrap().0.last_offset() + 1);
                 got.extend_from_slice(&chunk);
             }
-            assert!(got.starts_with(&durable), "seed {seed}: synced batches lost");
+            assert!(
+                got.starts_with(&durable),
+                "seed {seed}: synced batches lost"
+            );
             // Whatever survived past them is a prefix of what was appended, batch by batch.
             let mut rest = &got[durable.len()..];
             for b in &maybe {
                 if rest.is_empty() {
                     break;
                 }
-                assert!(rest.starts_with(b), "seed {seed}: recovered bytes that were never appended");
+                assert!(
+                    rest.starts_with(b),
+                    "seed {seed}: recovered bytes that were never appended"
+                );
                 rest = &rest[b.len()..];
             }
             assert!(rest.is_empty());
@@ -274,17 +344,35 @@ fn torn_unsynced_tail_is_cut_and_synced_data_survives() {
 fn failed_fsync_poisons_the_log() {
     block_on(async {
         let disk = SimDisk::new();
-        let log = Log::open(disk.clone(), "/sim/p", config(FsyncPolicy::Always), 0).await.unwrap();
+        let log = Log::open(disk.clone(), "/sim/p", config(FsyncPolicy::Always), 0)
+            .await
+            .unwrap();
         let mut b = make_batch(0, 1, 10, 0);
         log.append(1, &mut b).await.unwrap();
         disk.fail_sync_in(1);
         let mut b = make_batch(1, 1, 10, 0);
-        assert!(matches!(log.append(1, &mut b).await, Err(LogError::Io { op: "fdatasync", .. })));
+        assert!(matches!(
+            log.append(1, &mut b).await,
+            Err(LogError::Io {
+                op: "fdatasync",
+                ..
+            })
+        ));
         assert!(log.is_poisoned());
         let mut b = make_batch(2, 1, 10, 0);
-        assert!(matches!(log.append(1, &mut b).await, Err(LogError::Poisoned { .. })));
-        assert_eq!(log.acked_end(), Offset(1), "the failed batch is never acknowledged");
-        assert_eq!(log.read(Offset(0), 1 << 20).await.unwrap().len(), make_batch(0, 1, 10, 0).len());
+        assert!(matches!(
+            log.append(1, &mut b).await,
+            Err(LogError::Poisoned { .. })
+        ));
+        assert_eq!(
+            log.acked_end(),
+            Offset(1),
+            "the failed batch is never acknowledged"
+        );
+        assert_eq!(
+            log.read(Offset(0), 1 << 20).await.unwrap().len(),
+            make_batch(0, 1, 10, 0).len()
+        );
     });
 }
 
@@ -292,12 +380,20 @@ fn failed_fsync_poisons_the_log() {
 fn failed_write_poisons_the_log() {
     block_on(async {
         let disk = SimDisk::new();
-        let log = Log::open(disk.clone(), "/sim/p", config(FsyncPolicy::Never), 0).await.unwrap();
+        let log = Log::open(disk.clone(), "/sim/p", config(FsyncPolicy::Never), 0)
+            .await
+            .unwrap();
         disk.fail_write_in(1);
         let mut b = make_batch(0, 1, 10, 0);
-        assert!(matches!(log.append(1, &mut b).await, Err(LogError::Io { op: "write", .. })));
+        assert!(matches!(
+            log.append(1, &mut b).await,
+            Err(LogError::Io { op: "write", .. })
+        ));
         let mut b = make_batch(1, 1, 10, 0);
-        assert!(matches!(log.append(1, &mut b).await, Err(LogError::Poisoned { .. })));
+        assert!(matches!(
+            log.append(1, &mut b).await,
+            Err(LogError::Poisoned { .. })
+        ));
         assert_eq!(log.acked_end(), Offset(0));
     });
 }
@@ -322,7 +418,10 @@ fn damaged_indexes_are_rebuilt_and_corrupt_batches_cut() {
         let log = Log::open(disk.clone(), &dir, cfg.clone(), 2).await.unwrap();
         assert_eq!(log.end_offset(), Offset(120));
         let got = log.read(Offset(5), 1 << 20).await.unwrap();
-        assert!(got.starts_with(&all[2]), "offset 5 lives in the third batch");
+        assert!(
+            got.starts_with(&all[2]),
+            "offset 5 lives in the third batch"
+        );
         drop(log);
         // Flip a bit inside the active segment's 3rd-to-last batch: it and what follows go.
         let active_base = {
@@ -333,14 +432,20 @@ fn damaged_indexes_are_rebuilt_and_corrupt_batches_cut() {
             assert_eq!(h.base_offset, end - 6);
             h.base_offset
         };
-        let names: Vec<i64> = (0..200).filter(|b| disk.file_len(&dir.join(format!("{b:020}.log"))).is_some()).collect();
+        let names: Vec<i64> = (0..200)
+            .filter(|b| disk.file_len(&dir.join(format!("{b:020}.log"))).is_some())
+            .collect();
         let last_base = *names.last().unwrap();
         let seg = dir.join(format!("{last_base:020}.log"));
         let seg_len = disk.file_len(&seg).unwrap();
         let batch_len = all[0].len();
         disk.corrupt(&seg, seg_len - 3 * batch_len + 100);
         let log = Log::open(disk.clone(), &dir, cfg, 4).await.unwrap();
-        assert_eq!(log.end_offset().0, active_base, "corrupt batch and its successors are cut");
+        assert_eq!(
+            log.end_offset().0,
+            active_base,
+            "corrupt batch and its successors are cut"
+        );
     });
 }
 
@@ -360,22 +465,37 @@ fn retention_by_time_deletes_old_segments_only() {
         // Batch timestamps are ~1_000_000 + 10 * seq; everything sealed is older than now - 1s.
         assert_eq!(log.enforce_retention(1_000_000 + 100).await.unwrap(), 0);
         let deleted = log.enforce_retention(5_000_000).await.unwrap();
-        assert_eq!(deleted, segments - 1, "all sealed segments expire, the active one stays");
+        assert_eq!(
+            deleted,
+            segments - 1,
+            "all sealed segments expire, the active one stays"
+        );
         assert!(log.start_offset().0 > 0);
-        assert!(matches!(log.read(Offset(0), 100).await, Err(LogError::OffsetOutOfRange { .. })));
+        assert!(matches!(
+            log.read(Offset(0), 100).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
     });
 }
 
 #[test]
 fn rejects_bad_batches() {
     block_on(async {
-        let log = Log::open(SimDisk::new(), "/sim/p", config(FsyncPolicy::Always), 0).await.unwrap();
+        let log = Log::open(SimDisk::new(), "/sim/p", config(FsyncPolicy::Always), 0)
+            .await
+            .unwrap();
         let mut b = make_batch(0, 2, 10, 0);
         let last = b.len() - 1;
         b[last] ^= 1;
-        assert!(matches!(log.append(1, &mut b).await, Err(LogError::InvalidBatch(_))));
+        assert!(matches!(
+            log.append(1, &mut b).await,
+            Err(LogError::InvalidBatch(_))
+        ));
         let mut big = make_batch(0, 1, 2 << 20, 0);
-        assert!(matches!(log.append(1, &mut big).await, Err(LogError::BatchTooLarge { .. })));
+        assert!(matches!(
+            log.append(1, &mut big).await,
+            Err(LogError::BatchTooLarge { .. })
+        ));
         assert_eq!(log.end_offset(), Offset(0));
     });
 }
@@ -386,7 +506,9 @@ fn concurrent_appends_across_rolls_survive_a_crash() {
         block_on(async {
             let disk = SimDisk::new();
             let cfg = config(FsyncPolicy::Always);
-            let log = Log::open(disk.clone(), "/sim/p", cfg.clone(), 0).await.unwrap();
+            let log = Log::open(disk.clone(), "/sim/p", cfg.clone(), 0)
+                .await
+                .unwrap();
             // Eight workers, each appending one batch after another, as producers do: new
             // appends keep arriving while a segment is being sealed.
             let workers = (0..8u64).map(|w| {
@@ -395,22 +517,35 @@ fn concurrent_appends_across_rolls_survive_a_crash() {
                     let mut acked = Vec::new();
                     for j in 0..6u64 {
                         let i = w * 6 + j;
-                        let mut b = make_batch(i, 1 + (i * seed % 5) as usize, ((i * 7919 + seed) % 6000) as usize, 0);
+                        let mut b = make_batch(
+                            i,
+                            1 + (i * seed % 5) as usize,
+                            ((i * 7919 + seed) % 6000) as usize,
+                            0,
+                        );
                         let info = log.append(1, &mut b).await.unwrap();
                         acked.push((info, b));
                     }
                     acked
                 }
             });
-            let acked: Vec<_> = futures::future::join_all(workers).await.into_iter().flatten().collect();
+            let acked: Vec<_> = futures::future::join_all(workers)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
             assert!(log.segment_count() > 3, "the workload rolls segments");
             drop(log);
             let mut s = seed | 1;
-            disk.crash(|_| xorshift(&mut s) % 2 == 0);
+            disk.crash(|_| xorshift(&mut s).is_multiple_of(2));
             let log = Log::open(disk.clone(), "/sim/p", cfg, 2).await.unwrap();
             for (info, bytes) in acked {
                 let got = log.read(info.base_offset, 1).await.unwrap();
-                assert_eq!(got, bytes, "seed {seed}: acked batch at {} lost", info.base_offset);
+                assert_eq!(
+                    got, bytes,
+                    "seed {seed}: acked batch at {} lost",
+                    info.base_offset
+                );
             }
         });
     }

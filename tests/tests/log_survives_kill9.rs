@@ -29,8 +29,22 @@ fn acknowledged_batches_survive_kill9() {
     let mut cycles_with_acks = 0;
     for cycle in 0..cycles {
         let mut child = Command::new(sluice_bin())
-            .args(["log", "append", "--count", "0", "--fsync", "always", "--concurrency", "8"])
-            .args(["--segment-bytes", "2000000", "--value-bytes-max", VALUE_BYTES_MAX])
+            .args([
+                "log",
+                "append",
+                "--count",
+                "0",
+                "--fsync",
+                "always",
+                "--concurrency",
+                "8",
+            ])
+            .args([
+                "--segment-bytes",
+                "2000000",
+                "--value-bytes-max",
+                VALUE_BYTES_MAX,
+            ])
             .arg("--first-seq")
             .arg(next_seq.to_string())
             .arg("--dir")
@@ -67,7 +81,14 @@ fn acknowledged_batches_survive_kill9() {
 
         // Reopen (recovery) and read everything back through the real binary.
         let out = Command::new(sluice_bin())
-            .args(["log", "dump", "--verify", "--json", "--value-bytes-max", VALUE_BYTES_MAX])
+            .args([
+                "log",
+                "dump",
+                "--verify",
+                "--json",
+                "--value-bytes-max",
+                VALUE_BYTES_MAX,
+            ])
             .arg("--dir")
             .arg(&log_dir)
             .output()
@@ -85,11 +106,21 @@ fn acknowledged_batches_survive_kill9() {
             assert_eq!(base, expected_offset, "cycle {cycle}: offsets are dense");
             expected_offset = v["last_offset"].as_i64().unwrap() + 1;
             let seq = v["seq"].as_u64().unwrap();
-            assert!(present.insert(seq), "cycle {cycle}: batch {seq} stored twice");
+            assert!(
+                present.insert(seq),
+                "cycle {cycle}: batch {seq} stored twice"
+            );
         }
         let lost: Vec<_> = acked.iter().filter(|s| !present.contains(s)).collect();
-        assert!(lost.is_empty(), "cycle {cycle} (seed {seed}): acknowledged batches lost: {lost:?}");
-        next_seq = present.iter().chain(acked.iter()).max().map_or(0, |m| m + 1);
+        assert!(
+            lost.is_empty(),
+            "cycle {cycle} (seed {seed}): acknowledged batches lost: {lost:?}"
+        );
+        next_seq = present
+            .iter()
+            .chain(acked.iter())
+            .max()
+            .map_or(0, |m| m + 1);
     }
     assert!(
         cycles_with_acks * 2 >= cycles,

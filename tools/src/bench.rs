@@ -118,17 +118,22 @@ fn storage(args: StorageArgs) -> Result<(), String> {
         if args.compare_fio {
             fio_runs.push(run_fio(&args.dir, args.bytes)?);
         }
-        let work = args.dir.join(format!("sluice-bench-storage-{}", std::process::id()));
+        let work = args
+            .dir
+            .join(format!("sluice-bench-storage-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&work);
-        let report = run_local("sluice-bench", storage_run(&work, &args))
-            .map_err(|e| e.to_string())??;
+        let report =
+            run_local("sluice-bench", storage_run(&work, &args)).map_err(|e| e.to_string())??;
         let _ = std::fs::remove_dir_all(&work);
         let mb_s = report.bytes as f64 / report.elapsed.as_secs_f64() / 1e6;
         if args.repeat > 1 {
             eprintln!(
                 "run {}: log {mb_s:.1} MB/s{}",
                 reports.len() + 1,
-                fio_runs.last().map(|f| format!(", fio {f:.1} MB/s")).unwrap_or_default()
+                fio_runs
+                    .last()
+                    .map(|f| format!(", fio {f:.1} MB/s"))
+                    .unwrap_or_default()
             );
         }
         reports.push((mb_s, report));
@@ -257,17 +262,26 @@ fn median(v: &mut [f64]) -> f64 {
 fn run_fio(dir: &Path, bytes: u64) -> Result<f64, String> {
     let file = dir.join(format!("sluice-bench-fio-{}.dat", std::process::id()));
     let out = std::process::Command::new("fio")
-        .args(["--name=seqwrite", "--rw=write", "--bs=1M", "--direct=1", "--output-format=json"])
+        .args([
+            "--name=seqwrite",
+            "--rw=write",
+            "--bs=1M",
+            "--direct=1",
+            "--output-format=json",
+        ])
         .arg(format!("--size={bytes}"))
         .arg(format!("--filename={}", file.display()))
         .output()
         .map_err(|e| format!("cannot run fio (apt-get install fio): {e}"))?;
     let _ = std::fs::remove_file(&file);
     if !out.status.success() {
-        return Err(format!("fio failed: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "fio failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("cannot parse fio output: {e}"))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("cannot parse fio output: {e}"))?;
     let bw = v["jobs"][0]["write"]["bw_bytes"]
         .as_f64()
         .ok_or("fio output has no jobs[0].write.bw_bytes")?;

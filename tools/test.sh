@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Sluice's whole test suite: formatting, lints, unit/property/model tests, the end-to-end tests
+# against the real binary (kill -9 crash cycles included) and a short run of every fuzz target.
+# Needs only a Rust toolchain; installs the pinned cargo-fuzz if it is missing.
+#
+#   SLUICE_FUZZ_SECONDS   seconds per fuzz target (default 30; 0 skips fuzzing)
+#   SLUICE_CRASH_CYCLES   kill -9 cycles of the crash test (default 50)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+fuzz_seconds="${SLUICE_FUZZ_SECONDS:-30}"
+cargo_fuzz_version="0.13.2"
+
+echo "== fmt"
+cargo fmt --all --check
+echo "== clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+echo "== build"
+cargo build --workspace --bins
+echo "== tests"
+cargo test --workspace
+
+if [ "$fuzz_seconds" -gt 0 ]; then
+    if ! cargo fuzz --version 2>/dev/null | grep -q "$cargo_fuzz_version"; then
+        cargo install cargo-fuzz --version "$cargo_fuzz_version" --locked
+    fi
+    # cargo-fuzz needs nightly flags (-Z sanitizer); the stable toolchain allows them with
+    # RUSTC_BOOTSTRAP, the one toolchain this project can count on.
+    for target in $(cd tools/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz list); do
+        echo "== fuzz $target (${fuzz_seconds}s)"
+        (cd tools/fuzz && RUSTC_BOOTSTRAP=1 cargo fuzz run "$target" -- \
+            -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 2>&1 | tail -n 3)
+    done
+fi
+echo "all tests passed"
