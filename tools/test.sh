@@ -18,7 +18,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== build"
 cargo build --workspace --bins
 echo "== tests"
-cargo test --workspace
+test_log="$(mktemp)"
+trap 'rm -f "$test_log"' EXIT
+cargo test --workspace 2>&1 | tee "$test_log"
+passed=$(grep -Eo '^test result: .* ([0-9]+) passed' "$test_log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '; [0-9]+ failed' "$test_log" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}')
 
 if [ "$fuzz_seconds" -gt 0 ]; then
     if ! cargo fuzz --version 2>/dev/null | grep -q "$cargo_fuzz_version"; then
@@ -32,4 +36,4 @@ if [ "$fuzz_seconds" -gt 0 ]; then
             -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 2>&1 | tail -n 3)
     done
 fi
-echo "all tests passed"
+echo "cargo test: $passed passed, $failed failed"
