@@ -90,6 +90,9 @@ struct State<F: DiskFile> {
     /// A roll or truncation is replacing the active segment: appends (and retention) wait, so
     /// that no batch lands in a tail that is about to be discarded.
     appends_blocked: bool,
+    /// FIFO of appends waiting for buffer space: tickets issued, and the one now served.
+    space_tickets_issued: u64,
+    space_ticket_serving: u64,
     poisoned: Option<String>,
     last_sync_ms: u64,
 }
@@ -294,6 +297,8 @@ impl<D: Disk> Log<D> {
                 writing: false,
                 syncing: false,
                 appends_blocked: false,
+                space_tickets_issued: 0,
+                space_ticket_serving: 0,
                 poisoned: None,
                 last_sync_ms: now_ms,
             }),
@@ -346,29 +351,55 @@ impl<D: Disk> Log<D> {
             });
         }
         let header = batch::validate_for_append(batch)?;
-        let info = loop {
-            let wait = self.changed.notified();
-            let claim = {
-                let mut st = self.state.borrow_mut();
-                self.check_poison(&st)?;
-                if st.appends_blocked {
-                    None
-                } else if self.needs_roll(&st, now_ms, batch.len(), header.last_offset_delta) {
-                    // A roll needs the log to itself; appends that would land in the old
-                    // segment's tail are held back meanwhile.
-                    st.claim(Claim::Exclusive)
-                } else if let Some(info) = self.try_buffer(&mut st, now_ms, batch, &header) {
-                    break info;
-                } else {
-                    st.claim(Claim::Write)
+        // Appends that must wait for buffer space queue in arrival order (tickets), so that a
+        // stream of fresh appends cannot starve one that is waiting.
+        let mut ticket: Option<u64> = None;
+        let buffered = async {
+            loop {
+                let wait = self.changed.notified();
+                let claim = {
+                    let mut st = self.state.borrow_mut();
+                    self.check_poison(&st)?;
+                    let my_turn =
+                        ticket.unwrap_or(st.space_tickets_issued) == st.space_ticket_serving;
+                    if !my_turn || st.appends_blocked {
+                        if ticket.is_none() {
+                            ticket = Some(st.space_tickets_issued);
+                            st.space_tickets_issued += 1;
+                        }
+                        None
+                    } else if self.needs_roll(&st, now_ms, batch.len(), header.last_offset_delta) {
+                        // A roll needs the log to itself; appends that would land in the old
+                        // segment's tail are held back meanwhile.
+                        st.claim(Claim::Exclusive)
+                    } else if let Some(info) = self.try_buffer(&mut st, now_ms, batch, &header) {
+                        return Ok::<AppendInfo, LogError>(info);
+                    } else {
+                        if ticket.is_none() {
+                            ticket = Some(st.space_tickets_issued);
+                            st.space_tickets_issued += 1;
+                        }
+                        st.claim(Claim::Write)
+                    }
+                };
+                match claim {
+                    Some(Claim::Exclusive) => {
+                        self.claimed(Claim::Exclusive, self.roll(now_ms)).await?
+                    }
+                    Some(c) => self.claimed(c, self.write_round()).await?,
+                    None => wait.await,
                 }
-            };
-            match claim {
-                Some(Claim::Exclusive) => self.claimed(Claim::Exclusive, self.roll(now_ms)).await?,
-                Some(c) => self.claimed(c, self.write_round()).await?,
-                None => wait.await,
             }
-        };
+        }
+        .await;
+        if let Some(t) = ticket {
+            let mut st = self.state.borrow_mut();
+            assert_eq!(st.space_ticket_serving, t, "tickets are served in order");
+            st.space_ticket_serving += 1;
+            drop(st);
+            self.changed.notify_all();
+        }
+        let info = buffered?;
         self.wait_acked(now_ms, info.last_offset.0).await?;
         if let FsyncPolicy::Interval { .. } = self.config.fsync {
             self.tick(now_ms).await?;

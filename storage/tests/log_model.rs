@@ -550,3 +550,49 @@ fn concurrent_appends_across_rolls_survive_a_crash() {
         });
     }
 }
+
+#[test]
+fn segments_roll_by_age() {
+    block_on(async {
+        let mut cfg = config(FsyncPolicy::Always);
+        cfg.segment_age_ms_max = Some(100);
+        let log = Log::open(SimDisk::new(), "/sim/p", cfg, 0).await.unwrap();
+        let mut b = make_batch(0, 1, 10, 0);
+        log.append(1_000, &mut b).await.unwrap();
+        let mut b = make_batch(1, 1, 10, 0);
+        log.append(1_050, &mut b).await.unwrap();
+        assert_eq!(log.segment_count(), 1, "younger than segment.ms");
+        let mut b = make_batch(2, 1, 10, 0);
+        log.append(1_100, &mut b).await.unwrap();
+        assert_eq!(
+            log.segment_count(),
+            2,
+            "rolled once the segment reached segment.ms"
+        );
+    });
+}
+
+#[test]
+fn parked_readers_wake_on_append() {
+    block_on(async {
+        let log = Log::open(SimDisk::new(), "/sim/p", config(FsyncPolicy::Always), 0)
+            .await
+            .unwrap();
+        let woke = std::cell::Cell::new(false);
+        let waiter = async {
+            log.wait_for_acked_end_above(Offset(2)).await.unwrap();
+            woke.set(true);
+        };
+        let writer = async {
+            for i in 0..3 {
+                let mut b = make_batch(i, 1, 10, 0);
+                log.append(1, &mut b).await.unwrap();
+                if i < 2 {
+                    assert!(!woke.get(), "woke before offset 2 was acknowledged");
+                }
+            }
+        };
+        futures::future::join(waiter, writer).await;
+        assert!(woke.get());
+    });
+}

@@ -44,7 +44,7 @@ struct StorageArgs {
     #[arg(long, default_value = "always")]
     fsync: FsyncPolicy,
     /// Appends in flight at once (producers sharing the log).
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = 8)]
     concurrency: usize,
     /// Write a JSON report to FILE.
     #[arg(long)]
