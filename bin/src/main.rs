@@ -1,8 +1,7 @@
 //! `sluice`: the broker binary and its command-line tools.
 //!
-//! Today it carries the partition-log tools (`sluice log append|dump`), which exercise and
-//! inspect a log directory with the same storage code the broker uses; `serve` arrives with the
-//! Kafka-wire broker.
+//! `sluice serve` runs the broker (see `sluice serve --help`); `sluice log append|dump` exercise
+//! and inspect one partition-log directory with the same storage code the broker uses.
 
 use std::cell::Cell;
 use std::io::Write;
@@ -24,6 +23,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the broker: a single node with the Kafka protocol on --kafka-listen.
+    Serve(ServeArgs),
     /// Partition-log tools: write test data into a log directory, or dump one.
     #[command(subcommand)]
     Log(LogCommand),
@@ -77,12 +78,128 @@ enum LogCommand {
     },
 }
 
+/// Flags of `sluice serve`. Each has a key of the same name (with `_`) in the --config file;
+/// flags given on the command line win.
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// TOML file with any of the keys below, plus a [topic_defaults] table of topic configs
+    /// (Kafka names, e.g. "retention.ms" = "86400000").
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where logs and metadata live [default: ./sluice-data]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Kafka listener [default: 0.0.0.0:9092]
+    #[arg(long)]
+    kafka_listen: Option<String>,
+    /// host:port clients are told to connect to [default: 127.0.0.1:<listen port>]
+    #[arg(long)]
+    advertised_kafka: Option<String>,
+    /// Shards (pinned executors) [default: one per core]
+    #[arg(long)]
+    shards: Option<usize>,
+    /// auto.create.topics.enable [default: true]
+    #[arg(long)]
+    auto_create_topics: Option<bool>,
+    /// num.partitions of auto-created topics [default: 1]
+    #[arg(long)]
+    num_partitions: Option<i32>,
+    /// socket.request.max.bytes [default: 104857600]
+    #[arg(long)]
+    socket_request_max_bytes: Option<usize>,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ServeFile {
+    data_dir: Option<PathBuf>,
+    kafka_listen: Option<String>,
+    advertised_kafka: Option<String>,
+    shards: Option<usize>,
+    auto_create_topics: Option<bool>,
+    num_partitions: Option<i32>,
+    socket_request_max_bytes: Option<usize>,
+    #[serde(default)]
+    topic_defaults: std::collections::BTreeMap<String, String>,
+}
+
+fn serve_config(args: ServeArgs) -> Result<sluice_net::broker::config::BrokerConfig, String> {
+    use sluice_net::broker::config::{validate_topic_config, BrokerConfig};
+    let file: ServeFile = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => ServeFile::default(),
+    };
+    let mut c = BrokerConfig::default();
+    if let Some(d) = args.data_dir.or(file.data_dir) {
+        c.data_dir = d;
+    }
+    if let Some(l) = args.kafka_listen.or(file.kafka_listen) {
+        c.kafka_listen = l
+            .parse()
+            .map_err(|e| format!("invalid kafka listen address '{l}': {e}"))?;
+    }
+    c.advertised_port = c.kafka_listen.port();
+    match args.advertised_kafka.or(file.advertised_kafka) {
+        Some(a) => {
+            let (host, port) = a
+                .rsplit_once(':')
+                .ok_or_else(|| format!("invalid advertised address '{a}': expected host:port"))?;
+            c.advertised_host = host.to_string();
+            c.advertised_port = port
+                .parse()
+                .map_err(|_| format!("invalid port in advertised address '{a}'"))?;
+        }
+        None if !c.kafka_listen.ip().is_unspecified() => {
+            c.advertised_host = c.kafka_listen.ip().to_string();
+        }
+        None => {}
+    }
+    c.shards = args
+        .shards
+        .or(file.shards)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if c.shards == 0 || c.shards > 256 {
+        return Err(format!(
+            "--shards must be between 1 and 256, got {}",
+            c.shards
+        ));
+    }
+    if let Some(v) = args.auto_create_topics.or(file.auto_create_topics) {
+        c.auto_create_topics = v;
+    }
+    if let Some(v) = args.num_partitions.or(file.num_partitions) {
+        if v < 1 {
+            return Err(format!("--num-partitions must be at least 1, got {v}"));
+        }
+        c.default_partitions = v;
+    }
+    if let Some(v) = args
+        .socket_request_max_bytes
+        .or(file.socket_request_max_bytes)
+    {
+        c.request_bytes_max = v;
+    }
+    for (k, v) in &file.topic_defaults {
+        validate_topic_config(k, v).map_err(|e| format!("topic_defaults: {e}"))?;
+    }
+    c.topic_defaults = file.topic_defaults;
+    Ok(c)
+}
+
 fn main() -> ExitCode {
+    sluice_storage::dma::keep_io_buffers_mapped();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Log(cmd) => run_local("sluice-log", log_command(cmd)).map_err(|e| e.to_string()),
+        Command::Serve(args) => serve_config(args).and_then(sluice_net::broker::serve),
+        Command::Log(cmd) => run_local("sluice-log", log_command(cmd))
+            .map_err(|e| e.to_string())
+            .and_then(|r| r),
     };
-    match result.and_then(|r| r) {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => {
             eprintln!("sluice: {msg}");

@@ -235,6 +235,21 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
     batch[12..16].copy_from_slice(&epoch.to_be_bytes());
 }
 
+/// Marks the batch as `LogAppendTime` and stamps `now_ms` as its max timestamp (what Kafka does
+/// for topics with `message.timestamp.type=LogAppendTime`). Both fields are under the CRC, which
+/// is recomputed.
+pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
+    assert!(
+        batch.len() >= HEADER_BYTES,
+        "set_log_append_time on a short batch"
+    );
+    let attributes = i16::from_be_bytes([batch[21], batch[22]]) | 0x08;
+    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    batch[35..43].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Splits a buffer holding consecutive batches into `(header, byte range)` pairs, stopping at the
 /// first incomplete or malformed batch. Returns the batches found and the number of bytes they
 /// span. CRCs are checked only when `check_crc` is set.
@@ -660,6 +675,10 @@ mod tests {
         assert_eq!(header.last_offset(), 1_234_569);
         assert_eq!(header.partition_leader_epoch, 9);
         assert_eq!(records(&batch, 1 << 20).unwrap()[2].offset, 1_234_569);
+        set_log_append_time(&mut batch, 77);
+        let header = validate(&batch).unwrap();
+        assert_eq!(header.timestamp_type(), TimestampType::LogAppendTime);
+        assert_eq!(header.max_timestamp, 77);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod error;
 pub mod offset;
+pub mod producer;
 
 pub use batch::{BatchBuilder, BatchHeader, Compression, Record, RecordHeader, TimestampType};
 pub use error::BatchError;

@@ -31,7 +31,7 @@ impl std::str::FromStr for FsyncPolicy {
 }
 
 /// Configuration of one partition log.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogConfig {
     /// `segment.bytes`: roll to a new segment before the active one would exceed this size.
     pub segment_bytes_max: u64,

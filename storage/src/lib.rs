@@ -21,6 +21,7 @@ pub mod dma;
 pub mod error;
 pub mod index;
 pub mod log;
+
 pub mod notify;
 pub mod sim;
 

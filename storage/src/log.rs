@@ -16,7 +16,7 @@
 //! **Borrowing rule.** `state` is a `RefCell`; no borrow is held across an `.await` (plan under
 //! the borrow, drop it, do the I/O, then apply the result under a new borrow).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -48,7 +48,7 @@ pub struct TimestampHit {
 pub struct Log<D: Disk> {
     disk: D,
     dir: PathBuf,
-    config: LogConfig,
+    config: Cell<LogConfig>,
     state: RefCell<State<D::File>>,
     changed: Notify,
 }
@@ -286,7 +286,7 @@ impl<D: Disk> Log<D> {
         Ok(Log {
             disk,
             dir,
-            config,
+            config: Cell::new(config),
             state: RefCell::new(State {
                 segments,
                 log_start,
@@ -310,8 +310,18 @@ impl<D: Disk> Log<D> {
         &self.dir
     }
 
-    pub fn config(&self) -> &LogConfig {
-        &self.config
+    pub fn config(&self) -> LogConfig {
+        self.config.get()
+    }
+
+    /// Applies new settings (a topic's configs changed). Takes effect for the next append,
+    /// roll, fsync decision and retention pass.
+    pub fn set_config(&self, config: LogConfig) {
+        assert!(
+            config.segment_bytes_max <= u32::MAX as u64,
+            "segment.bytes must fit u32"
+        );
+        self.config.set(config);
     }
 
     /// The first offset still in the log.
@@ -326,7 +336,7 @@ impl<D: Disk> Log<D> {
 
     /// Offsets below this are acknowledged under the fsync policy, and readable.
     pub fn acked_end(&self) -> Offset {
-        Offset(self.state.borrow().acked_end(self.config.fsync))
+        Offset(self.state.borrow().acked_end(self.config.get().fsync))
     }
 
     pub fn segment_count(&self) -> usize {
@@ -344,10 +354,10 @@ impl<D: Disk> Log<D> {
     /// Appends one batch (as a producer sent it) and waits until it is acknowledged under the
     /// fsync policy. Offsets are written into `batch` in place.
     pub async fn append(&self, now_ms: u64, batch: &mut [u8]) -> Result<AppendInfo, LogError> {
-        if batch.len() > self.config.batch_bytes_max {
+        if batch.len() > self.config.get().batch_bytes_max {
             return Err(LogError::BatchTooLarge {
                 bytes: batch.len(),
-                max_bytes: self.config.batch_bytes_max,
+                max_bytes: self.config.get().batch_bytes_max,
             });
         }
         let header = batch::validate_for_append(batch)?;
@@ -401,7 +411,7 @@ impl<D: Disk> Log<D> {
         }
         let info = buffered?;
         self.wait_acked(now_ms, info.last_offset.0).await?;
-        if let FsyncPolicy::Interval { .. } = self.config.fsync {
+        if let FsyncPolicy::Interval { .. } = self.config.get().fsync {
             self.tick(now_ms).await?;
         }
         Ok(info)
@@ -414,7 +424,7 @@ impl<D: Disk> Log<D> {
             {
                 let st = self.state.borrow();
                 self.check_poison(&st)?;
-                if st.acked_end(self.config.fsync) > offset.0 {
+                if st.acked_end(self.config.get().fsync) > offset.0 {
                     return Ok(());
                 }
             }
@@ -424,7 +434,7 @@ impl<D: Disk> Log<D> {
 
     /// Periodic work: the `interval` fsync policy's fdatasync when due.
     pub async fn tick(&self, now_ms: u64) -> Result<(), LogError> {
-        let FsyncPolicy::Interval { interval_ms } = self.config.fsync else {
+        let FsyncPolicy::Interval { interval_ms } = self.config.get().fsync else {
             return Ok(());
         };
         let claim = {
@@ -478,7 +488,7 @@ impl<D: Disk> Log<D> {
             let st = self.state.borrow();
             (
                 st.log_start,
-                st.acked_end(self.config.fsync),
+                st.acked_end(self.config.get().fsync),
                 st.next_offset,
             )
         };
@@ -526,7 +536,7 @@ impl<D: Disk> Log<D> {
     ) -> Result<Option<TimestampHit>, LogError> {
         let (plans, acked) = {
             let st = self.state.borrow();
-            let acked = st.acked_end(self.config.fsync);
+            let acked = st.acked_end(self.config.get().fsync);
             let plans: Vec<_> = st
                 .segments
                 .values()
@@ -578,12 +588,13 @@ impl<D: Disk> Log<D> {
             let sealed = st.segments.len() - 1;
             let mut doomed = Vec::new();
             for seg in st.segments.values().take(sealed) {
-                let expired = self.config.retention_ms.is_some_and(|ms| {
+                let expired = self.config.get().retention_ms.is_some_and(|ms| {
                     seg.max_timestamp >= 0
                         && seg.max_timestamp.saturating_add(ms as i64) < now_ms as i64
                 });
                 let oversized = self
                     .config
+                    .get()
                     .retention_bytes
                     .is_some_and(|max| total.saturating_sub(seg.size) >= max);
                 if !(expired || oversized) {
@@ -673,8 +684,8 @@ impl<D: Disk> Log<D> {
         if active.size == 0 {
             return false;
         }
-        let too_big = active.size + len as u64 > self.config.segment_bytes_max;
-        let too_old = match (self.config.segment_age_ms_max, active.first_append_ms) {
+        let too_big = active.size + len as u64 > self.config.get().segment_bytes_max;
+        let too_old = match (self.config.get().segment_age_ms_max, active.first_append_ms) {
             (Some(max), Some(first)) => now_ms.saturating_sub(first) >= max,
             _ => false,
         };
@@ -694,7 +705,7 @@ impl<D: Disk> Log<D> {
         let len = batch.len();
         let need = st.tail.fill + len;
         if need > st.tail.buf.bytes().len() {
-            let max = align_up(self.config.write_buffer_bytes_max as u64) as usize;
+            let max = align_up(self.config.get().write_buffer_bytes_max as u64) as usize;
             let grow_to = if need <= max {
                 (st.tail.buf.bytes().len() * 2).clamp(align_up(need as u64) as usize, max)
             } else if !st.has_unwritten() {
@@ -715,7 +726,7 @@ impl<D: Disk> Log<D> {
         st.tail.fill += len;
         let last = base + header.last_offset_delta as i64;
         st.next_offset = last + 1;
-        let interval = self.config.index_interval_bytes;
+        let interval = self.config.get().index_interval_bytes;
         let active = st.active_mut();
         let pos = active.size;
         active.size += len as u64;
@@ -741,7 +752,7 @@ impl<D: Disk> Log<D> {
             let wait = self.changed.notified();
             let claim = {
                 let mut st = self.state.borrow_mut();
-                if st.acked_end(self.config.fsync) > last_offset {
+                if st.acked_end(self.config.get().fsync) > last_offset {
                     return Ok(());
                 }
                 self.check_poison(&st)?;
@@ -823,7 +834,7 @@ impl<D: Disk> Log<D> {
             .buf
             .bytes()
             .len()
-            .min(align_up(self.config.write_buffer_bytes_max as u64) as usize)
+            .min(align_up(self.config.get().write_buffer_bytes_max as u64) as usize)
             .max(TAIL_BYTES_MIN);
         let mut next = file.alloc(cap);
         next.bytes_mut()[..keep].copy_from_slice(&st.tail.buf.bytes()[keep_from..fill]);
@@ -941,8 +952,14 @@ impl<D: Disk> Log<D> {
                     .await
                     .map_err(|e| LogError::io("fdatasync", &path, e))?;
                 remove_index_files(&self.disk, &self.dir, base).await?;
-                let scan =
-                    scan_segment(&*file, &path, base, at, self.config.index_interval_bytes).await?;
+                let scan = scan_segment(
+                    &*file,
+                    &path,
+                    base,
+                    at,
+                    self.config.get().index_interval_bytes,
+                )
+                .await?;
                 assert_eq!(scan.valid_bytes, at, "truncated segment rescans to its cut");
                 let seg = self
                     .state

@@ -1,0 +1,179 @@
+//! The broker process: shards ([`shard`]), partitions ([`partition`]), metadata
+//! ([`metadata`]), configuration ([`config`]) and [`serve`], which runs it all.
+
+pub mod config;
+pub mod metadata;
+pub mod partition;
+pub mod shard;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use futures::channel::mpsc;
+
+use self::config::BrokerConfig;
+use self::metadata::Metadata;
+use self::shard::{Job, Shard, Shared};
+
+/// How often owned partitions are checked against retention.ms / retention.bytes.
+pub const RETENTION_CHECK_MS: u64 = 60_000;
+
+/// Runs the broker until SIGTERM or SIGINT: one pinned glommio executor per shard, each
+/// accepting Kafka connections on the same port (SO_REUSEPORT). Prints one line when every
+/// shard is serving. On a signal: stop accepting, finish in-flight requests, sync every log.
+pub fn serve(config: BrokerConfig) -> Result<(), String> {
+    let shards = config.shards.max(1);
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
+    let metadata = Metadata::load(&config.data_dir).map_err(|e| e.to_string())?;
+    if !Metadata::path(&config.data_dir).exists() {
+        metadata
+            .persist(&config.data_dir)
+            .map_err(|e| format!("cannot write metadata: {e}"))?;
+    }
+    // Block the stop signals in every thread; the main thread waits for them below.
+    let sigset = block_stop_signals();
+
+    let mut senders = Vec::with_capacity(shards);
+    let mut receivers = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let (tx, rx) = mpsc::unbounded::<Job>();
+        senders.push(tx);
+        receivers.push(Some(rx));
+    }
+    let listen = config.kafka_listen;
+    let shared = Arc::new(Shared {
+        config,
+        metadata: ArcSwap::from_pointee(metadata),
+        job_senders: senders,
+        stopping: std::sync::atomic::AtomicBool::new(false),
+    });
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
+    let receivers = std::sync::Mutex::new(receivers);
+    let receivers = Arc::new(receivers);
+    let placement = glommio::PoolPlacement::MaxSpread(shards, None);
+    let pool = glommio::LocalExecutorPoolBuilder::new(placement)
+        .io_memory(1 << 20)
+        .name("sluice-shard")
+        .on_all_shards({
+            let shared = shared.clone();
+            move || {
+                let shared = shared.clone();
+                let receivers = receivers.clone();
+                let ready_tx = ready_tx.clone();
+                async move {
+                    let id = glommio::executor().id() - 1;
+                    let jobs = receivers.lock().expect("startup lock")[id]
+                        .take()
+                        .expect("one receiver per shard");
+                    run_shard(id, shared, jobs, listen, ready_tx).await
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start shards: {e}"))?;
+    for _ in 0..shards {
+        match ready_rx.recv() {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                shared.stopping.store(true, Ordering::SeqCst);
+                wake_all(&shared);
+                let _ = pool.join_all();
+                return Err(e);
+            }
+            Err(_) => return Err("a shard died during startup".into()),
+        }
+    }
+    println!(
+        "sluice ready: kafka on {listen} (advertised {}:{}), {shards} shard(s), data in {}",
+        shared.config.advertised_host,
+        shared.config.advertised_port,
+        shared.config.data_dir.display()
+    );
+    let sig = wait_for_signal(&sigset);
+    eprintln!("sluice: signal {sig}, stopping");
+    shared.stopping.store(true, Ordering::SeqCst);
+    wake_all(&shared);
+    for r in pool.join_all() {
+        if let Err(e) = r {
+            return Err(format!("a shard failed: {e:?}"));
+        }
+    }
+    eprintln!("sluice: stopped cleanly");
+    Ok(())
+}
+
+/// Nudges every shard so that it notices `stopping`.
+fn wake_all(shared: &Arc<Shared>) {
+    for tx in &shared.job_senders {
+        let _ = tx.unbounded_send(Box::new(|s: std::rc::Rc<Shard>| {
+            Box::pin(async move {
+                s.stop.notify_all();
+            })
+        }));
+    }
+}
+
+async fn run_shard(
+    id: usize,
+    shared: Arc<Shared>,
+    jobs: mpsc::UnboundedReceiver<Job>,
+    listen: std::net::SocketAddr,
+    ready: std::sync::mpsc::Sender<Result<usize, String>>,
+) {
+    let shard = Shard::new(id, shared);
+    glommio::spawn_local(shard.clone().run_jobs(jobs)).detach();
+    if let Err(e) = shard.open_owned_partitions().await {
+        let _ = ready.send(Err(format!("shard {id}: cannot open partitions: {e}")));
+        return;
+    }
+    let listener = match glommio::net::TcpListener::bind(listen) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(format!("cannot listen on {listen}: {e}")));
+            return;
+        }
+    };
+    glommio::spawn_local(shard.clone().housekeeping(RETENTION_CHECK_MS)).detach();
+    let _ = ready.send(Ok(id));
+    server_until_stopped(shard.clone(), listener).await;
+    // Finish in-flight requests, then make every log durable.
+    while shard.connections.get() > 0 {
+        let idle = shard.idle.notified();
+        if shard.connections.get() == 0 {
+            break;
+        }
+        futures_lite::future::or(
+            idle,
+            glommio::timer::sleep(std::time::Duration::from_secs(5)),
+        )
+        .await;
+    }
+    shard.close_partitions().await;
+    shard.stopped.set(true);
+}
+
+async fn server_until_stopped(shard: std::rc::Rc<Shard>, listener: glommio::net::TcpListener) {
+    crate::kafka::server::accept_loop(shard, listener).await;
+}
+
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: plain libc signal-mask calls on a zeroed sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` was initialised by block_stop_signals.
+    unsafe {
+        libc::sigwait(set, &mut sig);
+    }
+    sig
+}

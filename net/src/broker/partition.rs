@@ -1,0 +1,152 @@
+//! One partition on its owner shard: the log plus the idempotent-producer state.
+
+use std::cell::{Cell, RefCell};
+use std::path::PathBuf;
+
+use sluice_core::batch;
+use sluice_core::producer::{ProducerCheck, ProducerStates};
+use sluice_core::Offset;
+use sluice_storage::{DmaDisk, Log, LogError};
+
+use super::config::TopicConfig;
+use crate::kafka::errors as ec;
+
+pub struct Partition {
+    pub topic: String,
+    pub index: i32,
+    pub log: Log<DmaDisk>,
+    dir: PathBuf,
+    producers: RefCell<ProducerStates>,
+    log_append_time: Cell<bool>,
+}
+
+/// The outcome of a produce to one partition: base offset and log-append time, or a Kafka
+/// error code.
+pub type ProduceResult = Result<(i64, i64), i16>;
+
+const SNAPSHOT_FILE: &str = "producer.snapshot";
+
+impl Partition {
+    /// Opens the partition's log (recovering it) and rebuilds producer state: from the snapshot
+    /// written at the last clean shutdown if it matches the log, else by replaying the log.
+    pub async fn open(
+        dir: PathBuf,
+        topic: &str,
+        index: i32,
+        config: &TopicConfig,
+        now_ms: u64,
+    ) -> Result<Partition, LogError> {
+        let log = Log::open(DmaDisk, &dir, config.log, now_ms).await?;
+        let snapshot = std::fs::read(dir.join(SNAPSHOT_FILE))
+            .ok()
+            .and_then(|b| ProducerStates::decode_snapshot(&b));
+        // A snapshot is only good for the log it was taken from; it is removed once loaded so
+        // that a crash later never pairs it with a log that moved on.
+        let _ = std::fs::remove_file(dir.join(SNAPSHOT_FILE));
+        let (mut states, from) = match snapshot {
+            Some((s, upto)) if upto == log.end_offset().0 => (s, upto),
+            _ => (ProducerStates::default(), log.start_offset().0),
+        };
+        let mut from = Offset(from);
+        while from < log.acked_end() {
+            let bytes = log.read(from, 4 << 20).await?;
+            if bytes.is_empty() {
+                break;
+            }
+            let (found, _) = batch::split_batches(&bytes, false);
+            for (h, _) in &found {
+                states.replay(h);
+                from = Offset(h.last_offset() + 1);
+            }
+        }
+        Ok(Partition {
+            topic: topic.to_string(),
+            index,
+            log,
+            dir,
+            producers: RefCell::new(states),
+            log_append_time: Cell::new(config.log_append_time),
+        })
+    }
+
+    pub fn apply_config(&self, config: &TopicConfig) {
+        self.log.set_config(config.log);
+        self.log_append_time.set(config.log_append_time);
+    }
+
+    /// Appends one producer batch (Kafka allows exactly one per partition in a v2 produce).
+    pub async fn produce(&self, mut bytes: Vec<u8>, now_ms: u64) -> ProduceResult {
+        if bytes.len() > self.log.config().batch_bytes_max {
+            return Err(ec::MESSAGE_TOO_LARGE);
+        }
+        let header = match batch::validate_for_append(&bytes) {
+            Ok(h) if h.total_bytes() == bytes.len() => h,
+            Ok(_) => return Err(ec::INVALID_RECORD),
+            Err(_) => {
+                // More than one batch, or a damaged one.
+                let (found, used) = batch::split_batches(&bytes, true);
+                return Err(if found.len() > 1 && used == bytes.len() {
+                    ec::INVALID_RECORD
+                } else {
+                    ec::CORRUPT_MESSAGE
+                });
+            }
+        };
+        batch::set_partition_leader_epoch(&mut bytes, 0);
+        let mut append_time = -1;
+        if self.log_append_time.get() {
+            batch::set_log_append_time(&mut bytes, now_ms as i64);
+            append_time = now_ms as i64;
+        }
+        match self.producers.borrow_mut().check_and_record(&header) {
+            ProducerCheck::Append => {}
+            ProducerCheck::Duplicate {
+                base_offset: Some(o),
+            } => return Ok((o, append_time)),
+            ProducerCheck::Duplicate { base_offset: None } => return Err(ec::REQUEST_TIMED_OUT),
+            ProducerCheck::FencedEpoch => return Err(ec::INVALID_PRODUCER_EPOCH),
+            ProducerCheck::OutOfOrder => return Err(ec::OUT_OF_ORDER_SEQUENCE_NUMBER),
+        }
+        match self.log.append(now_ms, &mut bytes).await {
+            Ok(info) => {
+                self.producers
+                    .borrow_mut()
+                    .set_offset(&header, info.base_offset.0);
+                Ok((info.base_offset.0, append_time))
+            }
+            Err(e) => {
+                self.producers.borrow_mut().forget(&header);
+                Err(log_error_code(&e))
+            }
+        }
+    }
+
+    /// Syncs the log and writes the producer-state snapshot (clean shutdown).
+    pub async fn close(&self, now_ms: u64) -> Result<(), LogError> {
+        self.log.sync(now_ms).await?;
+        let snapshot = self
+            .producers
+            .borrow()
+            .encode_snapshot(self.log.end_offset().0);
+        let tmp = self.dir.join("producer.snapshot.tmp");
+        std::fs::write(&tmp, snapshot)
+            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+            .and_then(|_| std::fs::rename(&tmp, self.dir.join(SNAPSHOT_FILE)))
+            .map_err(|e| LogError::Io {
+                op: "write producer snapshot",
+                path: tmp.display().to_string(),
+                source: e,
+            })
+    }
+}
+
+pub fn log_error_code(e: &LogError) -> i16 {
+    match e {
+        LogError::InvalidBatch(_) => ec::CORRUPT_MESSAGE,
+        LogError::BatchTooLarge { .. } => ec::MESSAGE_TOO_LARGE,
+        LogError::OffsetOutOfRange { .. } => ec::OFFSET_OUT_OF_RANGE,
+        LogError::Poisoned { .. } | LogError::Io { .. } | LogError::Corrupt { .. } => {
+            ec::KAFKA_STORAGE_ERROR
+        }
+    }
+}

@@ -1,0 +1,261 @@
+//! Shards: one glommio executor per core, each the sole owner of a slice of the partitions.
+//!
+//! A request that touches a partition owned elsewhere is sent to the owner with
+//! [`Shard::submit_to`] (Seastar's `submit_to`): a `Send` closure travels over the owner's job
+//! queue, runs there and builds a local future, and the answer comes back over a oneshot.
+//! Metadata changes run on shard 0 (the metadata home) and are published to every shard as an
+//! immutable snapshot.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use futures::channel::{mpsc, oneshot};
+use futures::StreamExt;
+use sluice_storage::{wall_clock_ms, LogError};
+
+use super::config::{resolve_topic_config, BrokerConfig};
+use super::metadata::{owner_shard, partition_dir, Metadata};
+use super::partition::Partition;
+use sluice_storage::notify::Notify;
+
+pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+pub type Job = Box<dyn FnOnce(Rc<Shard>) -> LocalFuture<()> + Send>;
+
+/// State every shard can read: immutable config, the metadata snapshot, the job queues.
+pub struct Shared {
+    pub config: BrokerConfig,
+    pub metadata: ArcSwap<Metadata>,
+    pub job_senders: Vec<mpsc::UnboundedSender<Job>>,
+    pub stopping: AtomicBool,
+}
+
+/// Producer-id allocation, kept on shard 0 and persisted a block at a time.
+pub struct ProducerIds {
+    next: i64,
+    block_end: i64,
+}
+
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+pub struct Shard {
+    pub id: usize,
+    pub shared: Arc<Shared>,
+    pub partitions: RefCell<HashMap<(String, i32), Rc<Partition>>>,
+    pub producer_ids: RefCell<Option<ProducerIds>>,
+    pub stop: Notify,
+    pub stopped: Cell<bool>,
+    pub connections: Cell<usize>,
+    pub idle: Notify,
+}
+
+impl Shard {
+    pub fn new(id: usize, shared: Arc<Shared>) -> Rc<Shard> {
+        Rc::new(Shard {
+            id,
+            shared,
+            partitions: RefCell::new(HashMap::new()),
+            producer_ids: RefCell::new(None),
+            stop: Notify::default(),
+            stopped: Cell::new(false),
+            connections: Cell::new(0),
+            idle: Notify::default(),
+        })
+    }
+
+    pub fn shards(&self) -> usize {
+        self.shared.config.shards
+    }
+
+    pub fn metadata(&self) -> Arc<Metadata> {
+        self.shared.metadata.load_full()
+    }
+
+    pub fn owner(&self, topic: &str, partition: i32) -> usize {
+        owner_shard(topic, partition, self.shards())
+    }
+
+    /// Runs `f` on shard `target` and returns its result. Local calls run in place.
+    pub async fn submit_to<T, F>(self: &Rc<Self>, target: usize, f: F) -> T
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Shard>) -> LocalFuture<T> + Send + 'static,
+    {
+        if target == self.id {
+            return f(self.clone()).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |shard| {
+            Box::pin(async move {
+                let _ = tx.send(f(shard).await);
+            })
+        });
+        self.shared.job_senders[target]
+            .unbounded_send(job)
+            .expect("every shard's job queue lives as long as the broker");
+        rx.await.expect("a submitted job always answers")
+    }
+
+    /// Serves jobs other shards submit to this one, each as its own task.
+    pub async fn run_jobs(self: Rc<Self>, mut jobs: mpsc::UnboundedReceiver<Job>) {
+        while let Some(job) = jobs.next().await {
+            glommio::spawn_local(job(self.clone())).detach();
+        }
+    }
+
+    pub fn partition(&self, topic: &str, index: i32) -> Option<Rc<Partition>> {
+        self.partitions
+            .borrow()
+            .get(&(topic.to_string(), index))
+            .cloned()
+    }
+
+    /// Opens every partition this shard owns according to the current metadata.
+    pub async fn open_owned_partitions(self: &Rc<Self>) -> Result<(), LogError> {
+        let meta = self.metadata();
+        for (name, topic) in &meta.topics {
+            for p in 0..topic.partitions {
+                if self.owner(name, p) == self.id {
+                    self.open_partition(name, p).await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn open_partition(self: &Rc<Self>, topic: &str, index: i32) -> Result<(), LogError> {
+        if self.partition(topic, index).is_some() {
+            return Ok(());
+        }
+        let meta = self.metadata();
+        let Some(t) = meta.topics.get(topic) else {
+            return Ok(());
+        };
+        let cfg = resolve_topic_config(&t.configs, &self.shared.config.topic_defaults);
+        let dir = partition_dir(&self.shared.config.data_dir, topic, index);
+        let partition = Partition::open(dir, topic, index, &cfg, wall_clock_ms()).await?;
+        self.partitions
+            .borrow_mut()
+            .insert((topic.to_string(), index), Rc::new(partition));
+        Ok(())
+    }
+
+    /// Closes and deletes a partition's log (topic deletion).
+    pub async fn drop_partition(self: &Rc<Self>, topic: &str, index: i32) {
+        let p = self
+            .partitions
+            .borrow_mut()
+            .remove(&(topic.to_string(), index));
+        if let Some(p) = p {
+            let _ = p.log.sync(wall_clock_ms()).await;
+        }
+        let dir = partition_dir(&self.shared.config.data_dir, topic, index);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Re-reads a topic's configs into its open partitions on this shard.
+    pub fn apply_topic_configs(&self, topic: &str) {
+        let meta = self.metadata();
+        let Some(t) = meta.topics.get(topic) else {
+            return;
+        };
+        let cfg = resolve_topic_config(&t.configs, &self.shared.config.topic_defaults);
+        for p in self.partitions.borrow().values() {
+            if p.topic == topic {
+                p.apply_config(&cfg);
+            }
+        }
+    }
+
+    /// Shard 0 only: the next producer id, persisted a block ahead.
+    pub fn allocate_producer_id(&self) -> std::io::Result<i64> {
+        assert_eq!(
+            self.id, 0,
+            "producer ids are allocated on the metadata home shard"
+        );
+        let path = self
+            .shared
+            .config
+            .data_dir
+            .join("meta")
+            .join("producer_ids");
+        let mut ids = self.producer_ids.borrow_mut();
+        if ids.is_none() {
+            let start = std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .unwrap_or(0);
+            *ids = Some(ProducerIds {
+                next: start,
+                block_end: start,
+            });
+        }
+        let ids = ids.as_mut().expect("initialised above");
+        if ids.next >= ids.block_end {
+            let end = ids.next + PRODUCER_ID_BLOCK;
+            std::fs::create_dir_all(path.parent().expect("meta dir"))?;
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, end.to_string())?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            ids.block_end = end;
+        }
+        let id = ids.next;
+        ids.next += 1;
+        Ok(id)
+    }
+
+    /// Publishes new metadata (shard 0 only): persist first, then swap the snapshot.
+    pub fn publish_metadata(&self, meta: Metadata) -> std::io::Result<()> {
+        assert_eq!(
+            self.id, 0,
+            "metadata changes run on the metadata home shard"
+        );
+        meta.persist(&self.shared.config.data_dir)?;
+        self.shared.metadata.store(Arc::new(meta));
+        Ok(())
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Syncs every partition and writes producer snapshots (clean shutdown).
+    pub async fn close_partitions(&self) {
+        let parts: Vec<_> = self.partitions.borrow().values().cloned().collect();
+        for p in parts {
+            if let Err(e) = p.close(wall_clock_ms()).await {
+                eprintln!("sluice: closing {}-{}: {e}", p.topic, p.index);
+            }
+        }
+    }
+
+    /// Periodic work on owned partitions: interval fsyncs and retention.
+    pub async fn housekeeping(self: Rc<Self>, retention_check_ms: u64) {
+        let mut last_retention = wall_clock_ms();
+        while !self.stopped.get() {
+            glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
+            let now = wall_clock_ms();
+            let parts: Vec<_> = self.partitions.borrow().values().cloned().collect();
+            let retention_due = now.saturating_sub(last_retention) >= retention_check_ms;
+            for p in parts {
+                if let Err(e) = p.log.tick(now).await {
+                    eprintln!("sluice: fsync of {}-{} failed: {e}", p.topic, p.index);
+                }
+                if retention_due {
+                    if let Err(e) = p.log.enforce_retention(now).await {
+                        eprintln!("sluice: retention of {}-{} failed: {e}", p.topic, p.index);
+                    }
+                }
+            }
+            if retention_due {
+                last_retention = now;
+            }
+        }
+    }
+}

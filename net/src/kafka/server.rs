@@ -1,0 +1,192 @@
+//! Kafka connections: framing, request decoding, pipelined handling with in-order responses.
+//!
+//! ```text
+//!  request  = size:i32 | api_key:i16 | api_version:i16 | correlation_id:i32 | client_id | [tags] | body
+//!  response = size:i32 | correlation_id:i32 | [tags] | body
+//! ```
+//! Requests of one connection are handled concurrently (up to [`IN_FLIGHT_MAX`]) and answered
+//! in arrival order, as Kafka requires. A frame that cannot be decoded closes only its own
+//! connection.
+
+use std::rc::Rc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::protocol::{Decodable, Encodable};
+
+use super::handlers;
+use crate::broker::shard::Shard;
+use crate::kafka::errors as ec;
+
+/// Requests of one connection being handled at once (librdkafka pipelines up to 5 per
+/// partition leader, the Java client 5 by default).
+pub const IN_FLIGHT_MAX: usize = 16;
+
+/// Accepts connections on this shard's SO_REUSEPORT listener until the broker stops.
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let stop = shard.stop.notified();
+        if shard.is_stopping() {
+            break;
+        }
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stop.await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let shard = shard.clone();
+                shard.connections.set(shard.connections.get() + 1);
+                glommio::spawn_local(async move {
+                    let peer = stream.peer_addr().ok();
+                    if let Err(e) = serve_connection(&shard, stream).await {
+                        if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                            eprintln!("sluice: connection {peer:?} closed: {e}");
+                        }
+                    }
+                    shard.connections.set(shard.connections.get() - 1);
+                    shard.idle.notify_all();
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                eprintln!("sluice: accept failed: {e}");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+type Pending = glommio::task::JoinHandle<Option<Vec<u8>>>;
+
+async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let (tx, rx) = glommio::channels::local_channel::new_bounded::<Pending>(IN_FLIGHT_MAX);
+    let write_task = glommio::spawn_local(async move {
+        while let Some(pending) = rx.recv().await {
+            match pending.await {
+                // An empty frame marks a response that could not be encoded: close.
+                Some(Some(frame)) if frame.is_empty() => break,
+                Some(Some(frame)) => writer.write_all(&frame).await?,
+                Some(None) => {}
+                None => break,
+            }
+        }
+        writer.flush().await?;
+        writer.close().await
+    });
+    let max = shard.shared.config.request_bytes_max;
+    let result = loop {
+        let stop = shard.stop.notified();
+        if shard.is_stopping() {
+            break Ok(());
+        }
+        let mut size = [0u8; 4];
+        let read =
+            futures_lite::future::or(async { Some(reader.read_exact(&mut size).await) }, async {
+                stop.await;
+                None
+            })
+            .await;
+        match read {
+            None => break Ok(()),
+            Some(Err(e)) => break Err(e),
+            Some(Ok(())) => {}
+        }
+        let size = i32::from_be_bytes(size);
+        if size < 8 || size as usize > max {
+            break Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("request size {size} outside 8..={max} (socket.request.max.bytes)"),
+            ));
+        }
+        let mut frame = vec![0u8; size as usize];
+        reader.read_exact(&mut frame).await?;
+        let work = match prepare(Bytes::from(frame)) {
+            Ok(w) => w,
+            Err(e) => break Err(e),
+        };
+        let shard = shard.clone();
+        let task = glommio::spawn_local(async move { respond(&shard, work).await }).detach();
+        if tx.send(task).await.is_err() {
+            break Ok(());
+        }
+    };
+    drop(tx);
+    let written = write_task.await;
+    result.and(written)
+}
+
+/// A decoded request, or an answer decided without decoding its body.
+enum Work {
+    Request {
+        header: RequestHeader,
+        key: ApiKey,
+        body: RequestKind,
+    },
+    /// ApiVersions at a version we do not know: answer v0 with UNSUPPORTED_VERSION (KIP-511).
+    UnsupportedApiVersions { correlation_id: i32 },
+}
+
+fn prepare(mut frame: Bytes) -> std::io::Result<Work> {
+    let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    let key_raw = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    let key = ApiKey::try_from(key_raw).map_err(|_| bad(format!("unknown api key {key_raw}")))?;
+    if !handlers::supports(key, version) {
+        if key == ApiKey::ApiVersions {
+            return Ok(Work::UnsupportedApiVersions { correlation_id });
+        }
+        return Err(bad(format!(
+            "unsupported {key:?} v{version} (correlation id {correlation_id})"
+        )));
+    }
+    let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
+        .map_err(|e| bad(format!("bad {key:?} header: {e}")))?;
+    let body = RequestKind::decode(key, &mut frame, version)
+        .map_err(|e| bad(format!("bad {key:?} v{version} body: {e}")))?;
+    if frame.has_remaining() {
+        return Err(bad(format!(
+            "{} trailing bytes after {key:?} v{version}",
+            frame.remaining()
+        )));
+    }
+    Ok(Work::Request { header, key, body })
+}
+
+async fn respond(shard: &Rc<Shard>, work: Work) -> Option<Vec<u8>> {
+    let (correlation_id, key, version, response) = match work {
+        Work::UnsupportedApiVersions { correlation_id } => (
+            correlation_id,
+            ApiKey::ApiVersions,
+            0,
+            ResponseKind::ApiVersions(handlers::api_versions(ec::UNSUPPORTED_VERSION)),
+        ),
+        Work::Request { header, key, body } => {
+            let version = header.request_api_version;
+            let response = handlers::handle(shard, body, version).await?;
+            (header.correlation_id, key, version, response)
+        }
+    };
+    let mut buf = BytesMut::with_capacity(256);
+    buf.extend_from_slice(&[0, 0, 0, 0]);
+    let mut h = ResponseHeader::default();
+    h.correlation_id = correlation_id;
+    let encoded = h
+        .encode(&mut buf, key.response_header_version(version))
+        .and_then(|_| response.encode(&mut buf, version));
+    if let Err(e) = encoded {
+        // A response we cannot encode is a bug; close the connection rather than lie.
+        eprintln!("sluice: cannot encode {key:?} v{version} response: {e}");
+        return Some(Vec::new());
+    }
+    let len = (buf.len() - 4) as i32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    Some(buf.to_vec())
+}
