@@ -39,7 +39,8 @@ impl Disk for DmaDisk {
 
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
         // Startup-only metadata call; a blocking mkdir is acceptable here.
-        std::fs::create_dir_all(dir)
+        std::fs::create_dir_all(dir)?;
+        prime_iopoll_probe(dir).await
     }
 
     async fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
@@ -140,6 +141,42 @@ impl DiskFile for DmaSegmentFile {
     async fn size(&self) -> io::Result<u64> {
         self.file.file_size().await.map_err(glommio_io)
     }
+}
+
+/// glommio decides once per block device whether O_DIRECT reads may use the io_uring poll
+/// ring, by reading the first block of the first DMA file opened there. If that file is empty
+/// the read "succeeds" and the poll ring is chosen even on devices without poll queues; every
+/// later read of real data then fails with EOPNOTSUPP. So before the first real file on a
+/// device, open a scratch file that holds a block of data, making the probe meaningful.
+/// (Found when a broker restarted on a data dir whose first opened segment was empty.)
+pub async fn prime_iopoll_probe(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    // glommio caches the probe per thread (per executor), so priming is per thread too.
+    thread_local!(static PRIMED: std::cell::RefCell<Vec<u64>> = const { std::cell::RefCell::new(Vec::new()) });
+    let dev = std::fs::metadata(dir)?.dev();
+    if PRIMED.with(|p| p.borrow().contains(&dev)) {
+        return Ok(());
+    }
+    PRIMED.with(|p| p.borrow_mut().push(dev));
+    let probe = dir.join(format!(
+        ".sluice-iopoll-probe-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    {
+        // On disk and out of the page cache, like any segment written with O_DIRECT: with
+        // dirty cached pages the probe read was seen to succeed on the poll ring anyway.
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let mut f = std::fs::File::create(&probe)?;
+        f.write_all(&[0x5au8; 8192])?;
+        f.sync_all()?;
+        // SAFETY: advisory call on an open fd.
+        unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    }
+    let opened = DmaFile::open(&probe).await.map_err(glommio_io);
+    let _ = std::fs::remove_file(&probe);
+    opened?.close().await.map_err(glommio_io)
 }
 
 /// Runs `fut` to completion on a new glommio executor on the calling thread, with a small

@@ -23,7 +23,9 @@ pub const RETENTION_CHECK_MS: u64 = 60_000;
 /// accepting Kafka connections on the same port (SO_REUSEPORT). Prints one line when every
 /// shard is serving. On a signal: stop accepting, finish in-flight requests, sync every log.
 pub fn serve(config: BrokerConfig) -> Result<(), String> {
-    let shards = config.shards.max(1);
+    let mut config = config;
+    config.shards = config.shards.max(1);
+    let shards = config.shards;
     std::fs::create_dir_all(&config.data_dir)
         .map_err(|e| format!("cannot create data dir {}: {e}", config.data_dir.display()))?;
     let metadata = Metadata::load(&config.data_dir).map_err(|e| e.to_string())?;
@@ -48,10 +50,13 @@ pub fn serve(config: BrokerConfig) -> Result<(), String> {
         metadata: ArcSwap::from_pointee(metadata),
         job_senders: senders,
         stopping: std::sync::atomic::AtomicBool::new(false),
+        drained: std::sync::atomic::AtomicUsize::new(0),
+        closed: std::sync::atomic::AtomicUsize::new(0),
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     let receivers = std::sync::Mutex::new(receivers);
     let receivers = Arc::new(receivers);
+    let next_shard_id = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let placement = glommio::PoolPlacement::MaxSpread(shards, None);
     let pool = glommio::LocalExecutorPoolBuilder::new(placement)
         .io_memory(1 << 20)
@@ -62,8 +67,9 @@ pub fn serve(config: BrokerConfig) -> Result<(), String> {
                 let shared = shared.clone();
                 let receivers = receivers.clone();
                 let ready_tx = ready_tx.clone();
+                let next_shard_id = next_shard_id.clone();
                 async move {
-                    let id = glommio::executor().id() - 1;
+                    let id = next_shard_id.fetch_add(1, Ordering::SeqCst);
                     let jobs = receivers.lock().expect("startup lock")[id]
                         .take()
                         .expect("one receiver per shard");
@@ -137,20 +143,33 @@ async fn run_shard(
     glommio::spawn_local(shard.clone().housekeeping(RETENTION_CHECK_MS)).detach();
     let _ = ready.send(Ok(id));
     server_until_stopped(shard.clone(), listener).await;
-    // Finish in-flight requests, then make every log durable.
-    while shard.connections.get() > 0 {
+    // Shutdown in phases across shards, so that no shard leaves while another still needs it
+    // for a forwarded request: (1) drain in-flight requests, (2) sync every log, (3) exit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while shard.connections.get() > 0 && std::time::Instant::now() < deadline {
         let idle = shard.idle.notified();
         if shard.connections.get() == 0 {
             break;
         }
-        futures_lite::future::or(
-            idle,
-            glommio::timer::sleep(std::time::Duration::from_secs(5)),
-        )
-        .await;
+        futures_lite::future::or(idle, glommio::timer::sleep(std::time::Duration::from_millis(50)))
+            .await;
     }
+    barrier(&shard.shared.drained, shards_of(&shard)).await;
     shard.close_partitions().await;
+    barrier(&shard.shared.closed, shards_of(&shard)).await;
     shard.stopped.set(true);
+}
+
+fn shards_of(shard: &Shard) -> usize {
+    shard.shared.config.shards.max(1)
+}
+
+/// Arrives at a barrier shared by all shards and waits (still serving jobs) for the others.
+async fn barrier(counter: &std::sync::atomic::AtomicUsize, shards: usize) {
+    counter.fetch_add(1, Ordering::SeqCst);
+    while counter.load(Ordering::SeqCst) < shards {
+        glommio::timer::sleep(std::time::Duration::from_millis(5)).await;
+    }
 }
 
 async fn server_until_stopped(shard: std::rc::Rc<Shard>, listener: glommio::net::TcpListener) {

@@ -33,6 +33,9 @@ pub struct Shared {
     pub metadata: ArcSwap<Metadata>,
     pub job_senders: Vec<mpsc::UnboundedSender<Job>>,
     pub stopping: AtomicBool,
+    /// Shutdown barriers: shards that finished draining connections, and closing logs.
+    pub drained: std::sync::atomic::AtomicUsize,
+    pub closed: std::sync::atomic::AtomicUsize,
 }
 
 /// Producer-id allocation, kept on shard 0 and persisted a block at a time.
