@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sluice's whole test suite: formatting, lints, unit/property/model tests, the end-to-end tests
 # against the real binary (kill -9 crash cycles included) and a short run of every fuzz target.
-# Needs only a Rust toolchain; installs the pinned cargo-fuzz if it is missing.
+# Needs a Rust toolchain and Python 3; installs what else it needs if missing: the pinned
+# Python clients (a venv in .venv), cargo-fuzz, and Debian's kcat (as root).
 #
 #   SLUICE_FUZZ_SECONDS   seconds per fuzz target (default 30; 0 skips fuzzing)
 #   SLUICE_CRASH_CYCLES   kill -9 cycles of the crash test (default 50)
@@ -36,4 +37,22 @@ if [ "$fuzz_seconds" -gt 0 ]; then
             -max_total_time="$fuzz_seconds" -rss_limit_mb=2048 2>&1 | tail -n 3)
     done
 fi
-echo "cargo test: $passed passed, $failed failed"
+echo "== kafka clients (confluent-kafka, kafka-python, kcat)"
+if ! command -v kcat >/dev/null; then
+    if [ "$(id -u)" = 0 ]; then
+        apt-get install -y -qq kcat >/dev/null || { apt-get update -qq && apt-get install -y -qq kcat; }
+    else
+        echo "kcat is missing: sudo apt-get install kcat" >&2
+        exit 1
+    fi
+fi
+if [ ! -x .venv/bin/pytest ] || ! .venv/bin/pip freeze | grep -qx -f tests/kafka/requirements.txt; then
+    python3 -m venv .venv
+    .venv/bin/pip install -q -r tests/kafka/requirements.txt
+fi
+py_log="$(mktemp)"
+trap 'rm -f "$test_log" "$py_log"' EXIT
+(cd tests/kafka && ../../.venv/bin/pytest -q) 2>&1 | tee "$py_log"
+py_passed=$(grep -Eo '([0-9]+) passed' "$py_log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
+
+echo "tests: $((passed + py_passed)) passed, $failed failed"

@@ -286,9 +286,7 @@ fn torn_unsynced_tail_is_cut_and_synced_data_survives() {
             let cfg = config(FsyncPolicy::Interval {
                 interval_ms: 1_000_000,
             });
-            let log = Log::open(disk.clone(), "/sim/p", cfg.clone(), 0)
-                .await
-                .unwrap();
+            let log = Log::open(disk.clone(), "/sim/p", cfg, 0).await.unwrap();
             let mut durable = Vec::new();
             for i in 0..10 {
                 let mut b = make_batch(i, 3, 700, (i % 3) as u8);
@@ -404,7 +402,7 @@ fn damaged_indexes_are_rebuilt_and_corrupt_batches_cut() {
         let disk = SimDisk::new();
         let dir = PathBuf::from("/sim/p");
         let cfg = config(FsyncPolicy::Always);
-        let log = Log::open(disk.clone(), &dir, cfg.clone(), 0).await.unwrap();
+        let log = Log::open(disk.clone(), &dir, cfg, 0).await.unwrap();
         let mut all = Vec::new();
         for i in 0..60 {
             let mut b = make_batch(i, 2, 1500, 0);
@@ -415,7 +413,7 @@ fn damaged_indexes_are_rebuilt_and_corrupt_batches_cut() {
         drop(log);
         // Damage the index of the first segment: it is rebuilt from the segment.
         disk.corrupt(&dir.join(format!("{:020}.index", 0)), 10);
-        let log = Log::open(disk.clone(), &dir, cfg.clone(), 2).await.unwrap();
+        let log = Log::open(disk.clone(), &dir, cfg, 2).await.unwrap();
         assert_eq!(log.end_offset(), Offset(120));
         let got = log.read(Offset(5), 1 << 20).await.unwrap();
         assert!(
@@ -425,7 +423,7 @@ fn damaged_indexes_are_rebuilt_and_corrupt_batches_cut() {
         drop(log);
         // Flip a bit inside the active segment's 3rd-to-last batch: it and what follows go.
         let active_base = {
-            let log = Log::open(disk.clone(), &dir, cfg.clone(), 3).await.unwrap();
+            let log = Log::open(disk.clone(), &dir, cfg, 3).await.unwrap();
             let end = log.end_offset().0;
             let bytes = log.read(Offset(end - 6), 1 << 20).await.unwrap();
             let h = BatchHeader::parse(&bytes).unwrap();
@@ -506,9 +504,7 @@ fn concurrent_appends_across_rolls_survive_a_crash() {
         block_on(async {
             let disk = SimDisk::new();
             let cfg = config(FsyncPolicy::Always);
-            let log = Log::open(disk.clone(), "/sim/p", cfg.clone(), 0)
-                .await
-                .unwrap();
+            let log = Log::open(disk.clone(), "/sim/p", cfg, 0).await.unwrap();
             // Eight workers, each appending one batch after another, as producers do: new
             // appends keep arriving while a segment is being sealed.
             let workers = (0..8u64).map(|w| {

@@ -151,8 +151,11 @@ async fn run_shard(
         if shard.connections.get() == 0 {
             break;
         }
-        futures_lite::future::or(idle, glommio::timer::sleep(std::time::Duration::from_millis(50)))
-            .await;
+        futures_lite::future::or(
+            idle,
+            glommio::timer::sleep(std::time::Duration::from_millis(50)),
+        )
+        .await;
     }
     barrier(&shard.shared.drained, shards_of(&shard)).await;
     shard.close_partitions().await;

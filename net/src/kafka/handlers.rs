@@ -210,6 +210,10 @@ async fn metadata(shard: &Rc<Shard>, req: MetadataRequest, version: i16) -> Meta
 }
 
 type PartResult = (usize, usize, Result<(i64, i64, i64), i16>);
+/// A partition's share of a produce: (topic index, partition index, topic, partition, records).
+type ProducePart = (usize, usize, String, i32, Bytes);
+/// A partition's share of a fetch: (answer slot, topic, partition, offset, max bytes).
+type FetchPart = (usize, String, i32, i64, i32);
 
 async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceResponse> {
     let acks = req.acks;
@@ -242,7 +246,7 @@ async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceRespon
     }
     // Group partitions by owner shard, keeping (topic index, partition index) for the merge.
     let meta = shard.metadata();
-    let mut by_owner: HashMap<usize, Vec<(usize, usize, String, i32, Bytes)>> = HashMap::new();
+    let mut by_owner: HashMap<usize, Vec<ProducePart>> = HashMap::new();
     let mut results: Vec<PartResult> = Vec::new();
     for (ti, t) in req.topic_data.iter().enumerate() {
         let name = t.name.0.as_str();
@@ -396,7 +400,7 @@ async fn fetch(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchRespo
     let mut answers: Vec<FetchedPartition>;
     loop {
         answers = vec![FetchedPartition::default(); wants.len()];
-        let mut by_owner: HashMap<usize, Vec<(usize, String, i32, i64, i32)>> = HashMap::new();
+        let mut by_owner: HashMap<usize, Vec<FetchPart>> = HashMap::new();
         for (i, w) in wants.iter().enumerate() {
             match &w.name {
                 Some(n)
@@ -496,10 +500,7 @@ async fn fetch(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchRespo
     r
 }
 
-async fn read_partitions(
-    s: Rc<Shard>,
-    parts: Vec<(usize, String, i32, i64, i32)>,
-) -> Vec<(usize, FetchedPartition)> {
+async fn read_partitions(s: Rc<Shard>, parts: Vec<FetchPart>) -> Vec<(usize, FetchedPartition)> {
     let mut out = Vec::with_capacity(parts.len());
     for (i, name, index, offset, max_bytes) in parts {
         let Some(p) = s.partition(&name, index) else {

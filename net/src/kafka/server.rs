@@ -123,18 +123,25 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
 }
 
 /// A decoded request, or an answer decided without decoding its body.
-enum Work {
+pub enum Work {
     Request {
-        header: RequestHeader,
+        header: Box<RequestHeader>,
         key: ApiKey,
-        body: RequestKind,
+        body: Box<RequestKind>,
     },
     /// ApiVersions at a version we do not know: answer v0 with UNSUPPORTED_VERSION (KIP-511).
     UnsupportedApiVersions { correlation_id: i32 },
 }
 
-fn prepare(mut frame: Bytes) -> std::io::Result<Work> {
+/// Decodes one request frame (without its size prefix). Every error closes the connection.
+pub fn prepare(mut frame: Bytes) -> std::io::Result<Work> {
     let bad = |m: String| std::io::Error::new(std::io::ErrorKind::InvalidData, m);
+    if frame.len() < 8 {
+        return Err(bad(format!(
+            "request of {} bytes is shorter than a header",
+            frame.len()
+        )));
+    }
     let key_raw = i16::from_be_bytes([frame[0], frame[1]]);
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
@@ -153,7 +160,11 @@ fn prepare(mut frame: Bytes) -> std::io::Result<Work> {
         .map_err(|e| bad(format!("bad {key:?} v{version} body: {e}")))?;
     // Trailing bytes are ignored, as Kafka's own request parser does: librdkafka 2.16's
     // all-topics Metadata v12 request carries three bytes past what the schema describes.
-    Ok(Work::Request { header, key, body })
+    Ok(Work::Request {
+        header: Box::new(header),
+        key,
+        body: Box::new(body),
+    })
 }
 
 async fn respond(shard: &Rc<Shard>, work: Work) -> Option<Vec<u8>> {
@@ -166,7 +177,7 @@ async fn respond(shard: &Rc<Shard>, work: Work) -> Option<Vec<u8>> {
         ),
         Work::Request { header, key, body } => {
             let version = header.request_api_version;
-            let response = handlers::handle(shard, body, version).await?;
+            let response = handlers::handle(shard, *body, version).await?;
             (header.correlation_id, key, version, response)
         }
     };
