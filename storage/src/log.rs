@@ -98,6 +98,8 @@ struct State<F: DiskFile> {
 }
 
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
+/// File holding the log start offset when DeleteRecords moved it inside a segment.
+const START_CHECKPOINT: &str = "log-start-offset";
 const TAIL_BYTES_MIN: usize = 64 << 10;
 
 /// Which I/O role a task takes on a log. At most one write and one fdatasync run at a time;
@@ -279,8 +281,16 @@ impl<D: Disk> Log<D> {
             let segment = create_segment(&disk, &dir, 0).await?;
             segments.insert(0, segment);
         }
-        let log_start = *segments.keys().next().expect("at least one segment");
+        let first_base = *segments.keys().next().expect("at least one segment");
         let active = segments.values().next_back().expect("at least one segment");
+        // DeleteRecords may have moved the start past the first segment's base.
+        let checkpoint = dir.join(START_CHECKPOINT);
+        let log_start = match disk.read_small(&checkpoint).await {
+            Ok(Some(bytes)) => decode_start_checkpoint(&bytes)
+                .map_or(first_base, |s| s.clamp(first_base, active.next_offset)),
+            Ok(None) => first_base,
+            Err(e) => return Err(LogError::io("read", &checkpoint, e)),
+        };
         let next_offset = active.next_offset;
         let tail = load_tail(active, &segment_path(&dir, active.base, "log")).await?;
         Ok(Log {
@@ -613,7 +623,8 @@ impl<D: Disk> Log<D> {
             for base in &doomed {
                 st.segments.remove(base);
             }
-            st.log_start = *st.segments.keys().next().expect("the active segment stays");
+            let first = *st.segments.keys().next().expect("the active segment stays");
+            st.log_start = st.log_start.max(first);
         }
         for &base in &doomed {
             remove_segment_files(&self.disk, &self.dir, base).await?;
@@ -623,6 +634,65 @@ impl<D: Disk> Log<D> {
             .await
             .map_err(|e| LogError::io("sync dir", &self.dir, e))?;
         Ok(doomed.len())
+    }
+
+    /// Moves the log start offset to `offset` (Kafka's DeleteRecords): records below it are no
+    /// longer served, and segments wholly below it are deleted. The new start is made durable
+    /// before it is used. `offset` may not pass the acknowledged end. Returns the new start.
+    pub async fn delete_records_before(&self, offset: Offset) -> Result<Offset, LogError> {
+        let (start, acked, end) = {
+            let st = self.state.borrow();
+            (
+                st.log_start,
+                st.acked_end(self.config.get().fsync),
+                st.next_offset,
+            )
+        };
+        if offset.0 > acked || offset.0 < 0 {
+            return Err(LogError::OffsetOutOfRange {
+                offset,
+                start: Offset(start),
+                end: Offset(end),
+            });
+        }
+        if offset.0 <= start {
+            return Ok(Offset(start));
+        }
+        let path = self.dir.join(START_CHECKPOINT);
+        self.disk
+            .write_small_atomic(&path, encode_start_checkpoint(offset.0))
+            .await
+            .map_err(|e| LogError::io("write", &path, e))?;
+        let doomed: Vec<i64> = {
+            let mut st = self.state.borrow_mut();
+            st.log_start = st.log_start.max(offset.0);
+            let sealed = st.segments.len() - 1;
+            let doomed: Vec<i64> = st
+                .segments
+                .values()
+                .take(sealed)
+                .take_while(|s| s.next_offset <= offset.0)
+                .map(|s| s.base)
+                .collect();
+            if st.appends_blocked {
+                Vec::new() // a roll or truncation is reshaping segments; retention gets them later
+            } else {
+                for b in &doomed {
+                    st.segments.remove(b);
+                }
+                doomed
+            }
+        };
+        for &base in &doomed {
+            remove_segment_files(&self.disk, &self.dir, base).await?;
+        }
+        if !doomed.is_empty() {
+            self.disk
+                .sync_dir(&self.dir)
+                .await
+                .map_err(|e| LogError::io("sync dir", &self.dir, e))?;
+        }
+        Ok(Offset(self.state.borrow().log_start))
     }
 
     /// Removes every batch holding an offset at or past `offset` (a batch that straddles it goes
@@ -986,7 +1056,8 @@ impl<D: Disk> Log<D> {
         let mut st = self.state.borrow_mut();
         let end = segment.next_offset;
         st.segments.insert(segment.base, segment);
-        st.log_start = *st.segments.keys().next().expect("a segment");
+        let first = *st.segments.keys().next().expect("a segment");
+        st.log_start = st.log_start.clamp(first, end);
         st.next_offset = end;
         st.tail = tail;
         st.written_offset = end;
@@ -1191,6 +1262,20 @@ async fn scan_segment<F: DiskFile>(
         pos += used as u64;
     }
     Ok(scan)
+}
+
+fn encode_start_checkpoint(offset: i64) -> Vec<u8> {
+    let mut out = offset.to_be_bytes().to_vec();
+    out.extend_from_slice(&crc32c::crc32c(&out).to_be_bytes());
+    out
+}
+
+fn decode_start_checkpoint(bytes: &[u8]) -> Option<i64> {
+    let (v, crc) = (bytes.get(0..8)?, bytes.get(8..12)?);
+    if bytes.len() != 12 || crc32c::crc32c(v).to_be_bytes() != crc {
+        return None;
+    }
+    Some(i64::from_be_bytes(v.try_into().ok()?))
 }
 
 fn segment_path(dir: &Path, base: i64, ext: &str) -> PathBuf {

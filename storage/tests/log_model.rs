@@ -592,3 +592,50 @@ fn parked_readers_wake_on_append() {
         assert!(woke.get());
     });
 }
+
+#[test]
+fn delete_records_moves_the_start_durably() {
+    block_on(async {
+        let disk = SimDisk::new();
+        let dir = PathBuf::from("/sim/p");
+        let cfg = config(FsyncPolicy::Always);
+        let log = Log::open(disk.clone(), &dir, cfg, 0).await.unwrap();
+        for i in 0..40 {
+            let mut b = make_batch(i, 2, 1500, 0);
+            log.append(1, &mut b).await.unwrap();
+        }
+        let segments = log.segment_count();
+        assert!(matches!(
+            log.delete_records_before(Offset(81)).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        assert_eq!(
+            log.delete_records_before(Offset(33)).await.unwrap(),
+            Offset(33)
+        );
+        assert!(
+            log.segment_count() < segments,
+            "segments wholly below the start are deleted"
+        );
+        assert!(matches!(
+            log.read(Offset(32), 1 << 20).await,
+            Err(LogError::OffsetOutOfRange { .. })
+        ));
+        let got = log.read(Offset(33), 1).await.unwrap();
+        assert_eq!(
+            BatchHeader::parse(&got).unwrap().base_offset,
+            32,
+            "batch holding 33"
+        );
+        assert_eq!(
+            log.delete_records_before(Offset(10)).await.unwrap(),
+            Offset(33),
+            "never moves back"
+        );
+        drop(log);
+        disk.crash(|_| false);
+        let log = Log::open(disk.clone(), &dir, cfg, 2).await.unwrap();
+        assert_eq!(log.start_offset(), Offset(33), "the start survives a crash");
+        assert_eq!(log.end_offset(), Offset(80));
+    });
+}

@@ -81,3 +81,25 @@ def test_duplicate_topic_and_unknown_delete(broker):
     with pytest.raises(KafkaException) as e:
         a.delete_topics(["nope"])["nope"].result(15)
     assert e.value.args[0].name() == "UNKNOWN_TOPIC_OR_PART"
+
+
+def test_delete_records_moves_the_low_watermark(broker):
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(100):
+        p.produce("trim", value=f"{i}".encode(), partition=0)
+    assert p.flush(10) == 0
+    a = admin(broker)
+    res = a.delete_records([TopicPartition("trim", 0, 40)])
+    [(tp, fut)] = list(res.items())
+    assert fut.result(timeout=15).low_watermark == 40
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused"})
+    assert c.get_watermark_offsets(TopicPartition("trim", 0), timeout=10) == (40, 100)
+    c.close()
+    assert broker.stop() == 0
+    broker.start()
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused"})
+    assert c.get_watermark_offsets(TopicPartition("trim", 0), timeout=10) == (40, 100)
+    c.close()
+    with pytest.raises(KafkaException):
+        list(a.delete_records([TopicPartition("trim", 0, 500)]).values())[0].result(timeout=15)

@@ -9,6 +9,9 @@ use bytes::Bytes;
 use kafka_protocol::messages::api_versions_response::ApiVersion;
 use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_records_response::{
+    DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+};
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{
@@ -53,6 +56,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::DeleteRecords, 0, 2),
 ];
 
 pub fn supports(key: ApiKey, version: i16) -> bool {
@@ -97,6 +101,9 @@ pub async fn handle(shard: &Rc<Shard>, request: RequestKind, version: i16) -> Op
             ResponseKind::IncrementalAlterConfigs(incremental_alter_configs(shard, r).await)
         }
         RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(describe_cluster(shard)),
+        RequestKind::DeleteRecords(r) => {
+            ResponseKind::DeleteRecords(delete_records(shard, r).await)
+        }
         other => unreachable!("unsupported request reached the dispatcher: {other:?}"),
     })
 }
@@ -950,5 +957,63 @@ fn describe_cluster(shard: &Rc<Shard>) -> DescribeClusterResponse {
     b.host = sb(&cfg.advertised_host);
     b.port = cfg.advertised_port as i32;
     r.brokers = vec![b];
+    r
+}
+
+async fn delete_records(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> DeleteRecordsResponse {
+    let meta = shard.metadata();
+    let mut r = DeleteRecordsResponse::default();
+    let mut jobs = Vec::new();
+    for (ti, t) in req.topics.iter().enumerate() {
+        let name = t.name.0.as_str().to_string();
+        let mut tr = DeleteRecordsTopicResult::default();
+        tr.name = t.name.clone();
+        for (pi, p) in t.partitions.iter().enumerate() {
+            let mut pr = DeleteRecordsPartitionResult::default();
+            pr.partition_index = p.partition_index;
+            pr.low_watermark = -1;
+            let known = meta
+                .topics
+                .get(&name)
+                .is_some_and(|m| (0..m.partitions).contains(&p.partition_index));
+            if !known {
+                pr.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION;
+            } else {
+                let (n, index, offset) = (name.clone(), p.partition_index, p.offset);
+                jobs.push(async move {
+                    let res = shard
+                        .submit_to(shard.owner(&n, index), move |s| {
+                            Box::pin(async move {
+                                let Some(p) = s.partition(&n, index) else {
+                                    return Err(ec::UNKNOWN_TOPIC_OR_PARTITION);
+                                };
+                                // -1 means "up to the high watermark".
+                                let to = if offset == -1 {
+                                    p.log.acked_end()
+                                } else {
+                                    Offset(offset)
+                                };
+                                p.log
+                                    .delete_records_before(to)
+                                    .await
+                                    .map(|o| o.0)
+                                    .map_err(|e| log_error_code(&e))
+                            })
+                        })
+                        .await;
+                    (ti, pi, res)
+                });
+            }
+            tr.partitions.push(pr);
+        }
+        r.topics.push(tr);
+    }
+    for (ti, pi, res) in futures::future::join_all(jobs).await {
+        let pr = &mut r.topics[ti].partitions[pi];
+        match res {
+            Ok(low) => pr.low_watermark = low,
+            Err(code) => pr.error_code = code,
+        }
+    }
     r
 }

@@ -197,3 +197,27 @@ async fn respond(shard: &Rc<Shard>, work: Work) -> Option<Vec<u8>> {
     buf[0..4].copy_from_slice(&len.to_be_bytes());
     Some(buf.to_vec())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_array_lengths_are_refused_without_allocating() {
+        // IncrementalAlterConfigs whose resource count promises ~600M entries in 2 bytes
+        // (found by the kafka_request fuzz target; it aborted the process on OOM).
+        let frame = Bytes::from_static(&[0, 44, 0, 0, 0, 0, 0, 126, 0, 0, 36, 0, 8, 0]);
+        assert!(prepare(frame).is_err());
+    }
+
+    #[test]
+    fn short_and_unknown_frames_are_refused() {
+        assert!(prepare(Bytes::from_static(&[0, 3, 0])).is_err());
+        assert!(prepare(Bytes::from_static(&[0x7f, 0x7f, 0, 0, 0, 0, 0, 1])).is_err());
+        // ApiVersions at an unknown version is answered (KIP-511), not refused.
+        assert!(matches!(
+            prepare(Bytes::from_static(&[0, 18, 0, 99, 0, 0, 0, 1, 0xff, 0xff])),
+            Ok(Work::UnsupportedApiVersions { correlation_id: 1 })
+        ));
+    }
+}
