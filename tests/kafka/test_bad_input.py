@@ -94,3 +94,18 @@ def test_corrupt_batches_and_unknown_topics_get_error_codes(broker):
     assert produce_error_code(broker, b"exists", bytes(batch)) == 2      # CORRUPT_MESSAGE (crc)
     assert produce_error_code(broker, b"nosuchtopic", bytes(batch)) == 3  # UNKNOWN_TOPIC_OR_PARTITION
     assert api_versions_ok(broker)
+
+
+def test_consumer_group_apis_are_refused_cleanly(broker):
+    """Consumer groups come later; until then a group consumer gets UNSUPPORTED_VERSION from
+    FindCoordinator rather than a dropped connection."""
+    s = raw(broker)
+    # FindCoordinator v1: key "g", key_type 0
+    body = struct.pack(">hhih", 10, 1, 77, -1) + struct.pack(">h", 1) + b"g" + b"\x00"
+    s.sendall(struct.pack(">i", len(body)) + body)
+    size = struct.unpack(">i", s.recv(4))[0]
+    data = s.recv(size)
+    corr, throttle, err = struct.unpack(">iih", data[:10])
+    assert (corr, err) == (77, 35)
+    s.close()
+    assert api_versions_ok(broker)

@@ -65,6 +65,40 @@ pub fn supports(key: ApiKey, version: i16) -> bool {
         .any(|&(k, min, max)| k == key && (min..=max).contains(&version))
 }
 
+/// An UNSUPPORTED_VERSION answer for APIs Sluice does not serve yet but whose response has a
+/// top-level error code (the group, transaction and SASL APIs clients may try). `None` for the
+/// rest: their connection is closed instead.
+pub fn unsupported_response(key: ApiKey, _version: i16) -> Option<ResponseKind> {
+    macro_rules! refuse {
+        ($($api:ident => $resp:ident),* $(,)?) => {
+            match key {
+                $(ApiKey::$api => {
+                    let mut r = $resp::default();
+                    r.error_code = ec::UNSUPPORTED_VERSION;
+                    Some(ResponseKind::$api(r))
+                })*
+                _ => None,
+            }
+        };
+    }
+    refuse!(
+        FindCoordinator => FindCoordinatorResponse,
+        JoinGroup => JoinGroupResponse,
+        SyncGroup => SyncGroupResponse,
+        Heartbeat => HeartbeatResponse,
+        LeaveGroup => LeaveGroupResponse,
+        ListGroups => ListGroupsResponse,
+        OffsetFetch => OffsetFetchResponse,
+        OffsetDelete => OffsetDeleteResponse,
+        ConsumerGroupHeartbeat => ConsumerGroupHeartbeatResponse,
+        AddOffsetsToTxn => AddOffsetsToTxnResponse,
+        EndTxn => EndTxnResponse,
+        SaslHandshake => SaslHandshakeResponse,
+        SaslAuthenticate => SaslAuthenticateResponse,
+        ListTransactions => ListTransactionsResponse,
+    )
+}
+
 pub fn sb(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }

@@ -131,6 +131,12 @@ pub enum Work {
     },
     /// ApiVersions at a version we do not know: answer v0 with UNSUPPORTED_VERSION (KIP-511).
     UnsupportedApiVersions { correlation_id: i32 },
+    /// A well-formed request for an API (or version) Sluice does not serve, whose response has
+    /// a top-level error code: answered with UNSUPPORTED_VERSION.
+    Unsupported {
+        header: Box<RequestHeader>,
+        key: ApiKey,
+    },
 }
 
 /// Decodes one request frame (without its size prefix). Every error closes the connection.
@@ -146,9 +152,24 @@ pub fn prepare(mut frame: Bytes) -> std::io::Result<Work> {
     let version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
     let key = ApiKey::try_from(key_raw).map_err(|_| bad(format!("unknown api key {key_raw}")))?;
+    let known = key.valid_versions();
     if !handlers::supports(key, version) {
         if key == ApiKey::ApiVersions {
             return Ok(Work::UnsupportedApiVersions { correlation_id });
+        }
+        // Requests we can parse and whose response carries a top-level error code get a clean
+        // UNSUPPORTED_VERSION; anything else closes the connection, as Kafka does.
+        if (known.min..=known.max).contains(&version)
+            && handlers::unsupported_response(key, version).is_some()
+        {
+            let header = RequestHeader::decode(&mut frame, key.request_header_version(version))
+                .map_err(|e| bad(format!("bad {key:?} header: {e}")))?;
+            RequestKind::decode(key, &mut frame, version)
+                .map_err(|e| bad(format!("bad {key:?} v{version} body: {e}")))?;
+            return Ok(Work::Unsupported {
+                header: Box::new(header),
+                key,
+            });
         }
         return Err(bad(format!(
             "unsupported {key:?} v{version} (correlation id {correlation_id})"
@@ -175,6 +196,11 @@ async fn respond(shard: &Rc<Shard>, work: Work) -> Option<Vec<u8>> {
             0,
             ResponseKind::ApiVersions(handlers::api_versions(ec::UNSUPPORTED_VERSION)),
         ),
+        Work::Unsupported { header, key } => {
+            let version = header.request_api_version;
+            let response = handlers::unsupported_response(key, version)?;
+            (header.correlation_id, key, version, response)
+        }
         Work::Request { header, key, body } => {
             let version = header.request_api_version;
             let response = handlers::handle(shard, *body, version).await?;
