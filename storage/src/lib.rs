@@ -28,5 +28,5 @@ pub mod sim;
 pub use config::{FsyncPolicy, LogConfig};
 pub use dma::{run_local, wall_clock_ms, DmaDisk};
 pub use error::LogError;
-pub use log::{AppendInfo, Log, TimestampHit};
+pub use log::{AppendInfo, FileRegion, Log, TimestampHit};
 pub use sim::SimDisk;

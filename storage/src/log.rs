@@ -83,6 +83,9 @@ struct State<F: DiskFile> {
     written_offset: i64,
     /// Offsets below this are covered by an fdatasync.
     synced_offset: i64,
+    /// Byte positions in the active segment matching `written_offset` / `synced_offset`.
+    written_pos: u64,
+    synced_pos: u64,
     /// A write of the tail is in flight (or a roll/truncation holds the log).
     writing: bool,
     /// An fdatasync is in flight (or a roll/truncation holds the log).
@@ -164,6 +167,14 @@ impl<F: DiskFile> State<F> {
         match policy {
             FsyncPolicy::Always => self.synced_offset,
             _ => self.written_offset,
+        }
+    }
+
+    /// End of the acknowledged bytes in the active segment.
+    fn acked_pos(&self, policy: FsyncPolicy) -> u64 {
+        match policy {
+            FsyncPolicy::Always => self.synced_pos,
+            _ => self.written_pos,
         }
     }
 
@@ -292,6 +303,7 @@ impl<D: Disk> Log<D> {
             Err(e) => return Err(LogError::io("read", &checkpoint, e)),
         };
         let next_offset = active.next_offset;
+        let active_size = active.size;
         let tail = load_tail(active, &segment_path(&dir, active.base, "log")).await?;
         Ok(Log {
             disk,
@@ -304,6 +316,8 @@ impl<D: Disk> Log<D> {
                 tail,
                 written_offset: next_offset,
                 synced_offset: next_offset,
+                written_pos: active_size,
+                synced_pos: active_size,
                 writing: false,
                 syncing: false,
                 appends_blocked: false,
@@ -537,6 +551,73 @@ impl<D: Disk> Log<D> {
             from = seg_next.max(from + 1);
         }
         Ok(out)
+    }
+
+    /// Like [`Log::read`], but answers with the file region to send rather than the bytes, for
+    /// zero-copy fetch (sendfile): the region starts at the batch holding `from` and runs for
+    /// up to `max_bytes` (at least that whole first batch, KIP-74), never past the acknowledged
+    /// end. As in Kafka, the region may end inside a batch; clients drop a partial last batch.
+    /// Only batch headers are read to find it. `None` when nothing at or past `from` is
+    /// acknowledged yet.
+    pub async fn read_region(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<Option<FileRegion>, LogError> {
+        let mut from = from.0;
+        let (start, acked, end) = {
+            let st = self.state.borrow();
+            (
+                st.log_start,
+                st.acked_end(self.config.get().fsync),
+                st.next_offset,
+            )
+        };
+        if from < start || from > end {
+            return Err(LogError::OffsetOutOfRange {
+                offset: Offset(from),
+                start: Offset(start),
+                end: Offset(end),
+            });
+        }
+        while from < acked {
+            let (plan, limit) = {
+                let st = self.state.borrow();
+                let Some(plan) = self.plan_read(from) else {
+                    return Ok(None);
+                };
+                let active = st.active().base
+                    == st
+                        .segments
+                        .range(..=from)
+                        .next_back()
+                        .map_or(-1, |(b, _)| *b);
+                let limit = if active {
+                    st.acked_pos(self.config.get().fsync)
+                } else {
+                    plan.limit
+                };
+                (plan, limit)
+            };
+            let mut walker = HeaderWalker::new(&*plan.file, &plan.path, plan.pos, limit);
+            while let Some((h, pos)) = walker.next().await? {
+                if h.base_offset >= acked {
+                    return Ok(None);
+                }
+                if h.last_offset() < from {
+                    continue;
+                }
+                let avail = limit - pos;
+                let first = (h.total_bytes() as u64).min(avail);
+                return Ok(Some(FileRegion {
+                    path: plan.path,
+                    pos,
+                    len: (max_bytes as u64).min(avail).max(first),
+                }));
+            }
+            from = plan.segment_end.max(from + 1);
+        }
+        Ok(None)
     }
 
     /// The first record whose timestamp is at or after `timestamp` (ListOffsets by time).
@@ -853,7 +934,7 @@ impl<D: Disk> Log<D> {
             self.check_poison(&st)?;
             self.take_tail_for_write(&mut st)
         };
-        let Some((file, buf, pos, upto)) = write else {
+        let Some((file, buf, pos, upto, upto_pos)) = write else {
             return Ok(());
         };
         file.write_at(buf, pos)
@@ -862,16 +943,17 @@ impl<D: Disk> Log<D> {
         let mut st = self.state.borrow_mut();
         assert!(st.written_offset <= upto, "writes complete in order");
         st.written_offset = upto;
+        st.written_pos = upto_pos;
         Ok(())
     }
 
     /// One fdatasync of the active segment, covering everything written before it started.
     /// Caller holds [`Claim::Sync`].
     async fn sync_round(&self, now_ms: u64) -> Result<(), LogError> {
-        let (file, upto) = {
+        let (file, upto, upto_pos) = {
             let st = self.state.borrow();
             self.check_poison(&st)?;
-            (st.active().file.clone(), st.written_offset)
+            (st.active().file.clone(), st.written_offset, st.written_pos)
         };
         if upto <= self.state.borrow().synced_offset {
             return Ok(());
@@ -880,7 +962,10 @@ impl<D: Disk> Log<D> {
             .await
             .map_err(|e| LogError::io("fdatasync", &self.active_path(), e))?;
         let mut st = self.state.borrow_mut();
-        st.synced_offset = st.synced_offset.max(upto);
+        if upto > st.synced_offset {
+            st.synced_offset = upto;
+            st.synced_pos = upto_pos;
+        }
         st.last_sync_ms = now_ms;
         Ok(())
     }
@@ -891,7 +976,7 @@ impl<D: Disk> Log<D> {
     fn take_tail_for_write(
         &self,
         st: &mut State<D::File>,
-    ) -> Option<(Rc<D::File>, <D::File as DiskFile>::Buf, u64, i64)> {
+    ) -> Option<(Rc<D::File>, <D::File as DiskFile>::Buf, u64, i64, u64)> {
         if !st.has_unwritten() {
             return None;
         }
@@ -918,7 +1003,13 @@ impl<D: Disk> Log<D> {
         let write_len = align_up(fill as u64) as usize;
         old.buf.bytes_mut()[fill..write_len].fill(0);
         old.buf.trim(write_len);
-        Some((file, old.buf, old.file_pos, st.next_offset))
+        Some((
+            file,
+            old.buf,
+            old.file_pos,
+            st.next_offset,
+            old.file_pos + fill as u64,
+        ))
     }
 
     fn active_path(&self) -> PathBuf {
@@ -968,6 +1059,8 @@ impl<D: Disk> Log<D> {
         st.tail = tail;
         st.written_offset = base;
         st.synced_offset = base;
+        st.written_pos = 0;
+        st.synced_pos = 0;
         st.last_sync_ms = now_ms;
         Ok(())
     }
@@ -1055,13 +1148,17 @@ impl<D: Disk> Log<D> {
         let tail = load_tail(&segment, &segment_path(&self.dir, segment.base, "log")).await?;
         let mut st = self.state.borrow_mut();
         let end = segment.next_offset;
+        let segment_size = segment.size;
         st.segments.insert(segment.base, segment);
         let first = *st.segments.keys().next().expect("a segment");
         st.log_start = st.log_start.clamp(first, end);
+        let size = segment_size;
         st.next_offset = end;
         st.tail = tail;
         st.written_offset = end;
         st.synced_offset = end;
+        st.written_pos = size;
+        st.synced_pos = size;
         Ok(Offset(end))
     }
 
@@ -1075,6 +1172,65 @@ impl<D: Disk> Log<D> {
             limit: seg.size,
             segment_end: seg.next_offset,
         })
+    }
+}
+
+/// Bytes of a segment file to send as they are (zero-copy fetch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRegion {
+    pub path: PathBuf,
+    pub pos: u64,
+    pub len: u64,
+}
+
+/// Walks batch headers from an indexed position, reading small windows (not the batches).
+struct HeaderWalker<'a, F> {
+    file: &'a F,
+    path: &'a Path,
+    pos: u64,
+    limit: u64,
+    window: Vec<u8>,
+    window_pos: u64,
+}
+
+const HEADER_WINDOW_BYTES: usize = 16 << 10;
+
+impl<'a, F: DiskFile> HeaderWalker<'a, F> {
+    fn new(file: &'a F, path: &'a Path, pos: u64, limit: u64) -> Self {
+        HeaderWalker {
+            file,
+            path,
+            pos,
+            limit,
+            window: Vec::new(),
+            window_pos: 0,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<(BatchHeader, u64)>, LogError> {
+        if self.pos + HEADER_BYTES as u64 > self.limit {
+            return Ok(None);
+        }
+        let in_window = self.pos >= self.window_pos
+            && self.pos + HEADER_BYTES as u64 <= self.window_pos + self.window.len() as u64;
+        if !in_window {
+            let want = HEADER_WINDOW_BYTES.min((self.limit - self.pos) as usize);
+            self.window = self
+                .file
+                .read_at(self.pos, want)
+                .await
+                .map_err(|e| LogError::io("read", self.path, e))?;
+            self.window_pos = self.pos;
+        }
+        let at = (self.pos - self.window_pos) as usize;
+        let header = BatchHeader::parse(&self.window[at..]).map_err(|e| LogError::Corrupt {
+            segment: self.path.display().to_string(),
+            pos: self.pos,
+            reason: e.to_string(),
+        })?;
+        let pos = self.pos;
+        self.pos += header.total_bytes() as u64;
+        Ok(Some((header, pos)))
     }
 }
 

@@ -8,6 +8,7 @@ use futures_lite::future::block_on;
 use proptest::prelude::*;
 use sluice_core::batch::{self, BatchBuilder, BatchHeader, Compression};
 use sluice_core::Offset;
+use sluice_storage::disk::Disk;
 use sluice_storage::{FsyncPolicy, Log, LogConfig, LogError, SimDisk};
 
 #[derive(Debug, Clone)]
@@ -137,6 +138,29 @@ async fn run(ops: Vec<Op>, fsync: FsyncPolicy) {
                 assert!(
                     want.starts_with(&got),
                     "read at {from} diverges from the model"
+                );
+                // The zero-copy region starts at the same batch, holds at least all of it, and
+                // agrees with the model byte for byte (it may end inside a later batch).
+                let region = log
+                    .read_region(Offset(from), max_bytes)
+                    .await
+                    .unwrap()
+                    .expect("a region");
+                let file = disk
+                    .read_small(&region.path)
+                    .await
+                    .unwrap()
+                    .expect("segment file");
+                let bytes = &file[region.pos as usize..(region.pos + region.len) as usize];
+                let first_len = BatchHeader::parse(&got).unwrap().total_bytes();
+                assert!(bytes.len() >= first_len && bytes.len() <= max_bytes.max(first_len));
+                let rest: Vec<u8> = model[first..]
+                    .iter()
+                    .flat_map(|s| s.bytes.iter().copied())
+                    .collect();
+                assert!(
+                    rest.starts_with(bytes),
+                    "region at {from} diverges from the model"
                 );
             }
             Op::ByTime { at } => {
