@@ -107,6 +107,9 @@ struct ServeArgs {
     /// socket.request.max.bytes [default: 104857600]
     #[arg(long)]
     socket_request_max_bytes: Option<usize>,
+    /// Send fetched records with sendfile (true) or read and copy them (false) [default: true]
+    #[arg(long)]
+    fetch_zero_copy: Option<bool>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -119,6 +122,7 @@ struct ServeFile {
     auto_create_topics: Option<bool>,
     num_partitions: Option<i32>,
     socket_request_max_bytes: Option<usize>,
+    fetch_zero_copy: Option<bool>,
     #[serde(default)]
     topic_defaults: std::collections::BTreeMap<String, String>,
 }
@@ -182,6 +186,9 @@ fn serve_config(args: ServeArgs) -> Result<sluice_net::broker::config::BrokerCon
         .or(file.socket_request_max_bytes)
     {
         c.request_bytes_max = v;
+    }
+    if let Some(v) = args.fetch_zero_copy.or(file.fetch_zero_copy) {
+        c.fetch_zero_copy = v;
     }
     for (k, v) in &file.topic_defaults {
         validate_topic_config(k, v).map_err(|e| format!("topic_defaults: {e}"))?;

@@ -22,6 +22,9 @@ pub struct BrokerConfig {
     pub default_partitions: i32,
     /// `socket.request.max.bytes`
     pub request_bytes_max: usize,
+    /// Send fetched records from the segment file with sendfile (true) or read and copy them
+    /// (false; also re-checks every batch's CRC).
+    pub fetch_zero_copy: bool,
     /// Broker-wide defaults for topic configs (Kafka's `log.*` settings), by topic-config name.
     pub topic_defaults: BTreeMap<String, String>,
 }
@@ -38,6 +41,7 @@ impl Default for BrokerConfig {
             auto_create_topics: true,
             default_partitions: 1,
             request_bytes_max: 100 * 1024 * 1024,
+            fetch_zero_copy: true,
             topic_defaults: BTreeMap::new(),
         }
     }

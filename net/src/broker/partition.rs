@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use sluice_core::batch;
 use sluice_core::producer::{ProducerCheck, ProducerStates};
 use sluice_core::Offset;
-use sluice_storage::{DmaDisk, Log, LogError};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use sluice_storage::{DmaDisk, FileRegion, Log, LogError};
 
 use super::config::TopicConfig;
 use crate::kafka::errors as ec;
@@ -18,7 +20,12 @@ pub struct Partition {
     dir: PathBuf,
     producers: RefCell<ProducerStates>,
     log_append_time: Cell<bool>,
+    /// Buffered read descriptors of recently fetched segments, for sendfile (most recent last).
+    read_fds: RefCell<Vec<(PathBuf, std::fs::File)>>,
 }
+
+/// Segment descriptors kept open per partition for zero-copy fetch.
+const READ_FDS_MAX: usize = 4;
 
 /// The outcome of a produce to one partition: base offset and log-append time, or a Kafka
 /// error code.
@@ -66,6 +73,7 @@ impl Partition {
             dir,
             producers: RefCell::new(states),
             log_append_time: Cell::new(config.log_append_time),
+            read_fds: RefCell::new(Vec::new()),
         })
     }
 
@@ -119,6 +127,37 @@ impl Partition {
                 Err(log_error_code(&e))
             }
         }
+    }
+
+    /// A descriptor of `region`'s segment for sendfile: a duplicate of a cached buffered fd,
+    /// so the response owns (and closes) it even if the segment is deleted meanwhile. Asks the
+    /// kernel to read the region ahead, since O_DIRECT appends leave nothing in the page cache.
+    pub fn region_fd(&self, region: &FileRegion) -> std::io::Result<OwnedFd> {
+        use std::os::fd::AsFd;
+        let mut fds = self.read_fds.borrow_mut();
+        let i = match fds.iter().position(|(p, _)| *p == region.path) {
+            Some(i) => i,
+            None => {
+                if fds.len() == READ_FDS_MAX {
+                    fds.remove(0);
+                }
+                fds.push((region.path.clone(), std::fs::File::open(&region.path)?));
+                fds.len() - 1
+            }
+        };
+        let entry = fds.remove(i);
+        let fd = entry.1.as_fd().try_clone_to_owned()?;
+        fds.push(entry);
+        // SAFETY: advisory call on a valid descriptor.
+        unsafe {
+            libc::posix_fadvise(
+                fd.as_raw_fd(),
+                region.pos as i64,
+                region.len as i64,
+                libc::POSIX_FADV_WILLNEED,
+            );
+        }
+        Ok(fd)
     }
 
     /// Syncs the log and writes the producer-state snapshot (clean shutdown).

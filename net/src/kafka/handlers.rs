@@ -17,7 +17,6 @@ use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
 use kafka_protocol::messages::describe_configs_response::{
     DescribeConfigsResourceResult, DescribeConfigsResult,
 };
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
@@ -36,6 +35,7 @@ use sluice_storage::{wall_clock_ms, LogError};
 
 use super::admin::{self, ConfigOp, NewTopic};
 use super::errors as ec;
+use super::fetch_encode::{FileChunk, PartitionOut, Records, TopicOut};
 use crate::broker::config::{effective, TOPIC_CONFIGS};
 use crate::broker::partition::log_error_code;
 use crate::broker::shard::Shard;
@@ -107,13 +107,26 @@ fn topic_name(s: &str) -> TopicName {
     TopicName(sb(s))
 }
 
+/// A response: a `kafka-protocol` message, or a Fetch response whose records may be file
+/// regions (encoded by [`super::fetch_encode`]).
+pub enum Reply {
+    Kind(ResponseKind),
+    Fetch(Vec<TopicOut>),
+}
+
 /// Handles one decoded request; `None` means no response is sent (Produce with acks=0).
-pub async fn handle(shard: &Rc<Shard>, request: RequestKind, version: i16) -> Option<ResponseKind> {
-    Some(match request {
+pub async fn handle(shard: &Rc<Shard>, request: RequestKind, version: i16) -> Option<Reply> {
+    if let RequestKind::Fetch(r) = request {
+        return Some(Reply::Fetch(fetch(shard, r, version).await));
+    }
+    Some(Reply::Kind(match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions(ec::NONE)),
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata(shard, r, version).await),
-        RequestKind::Produce(r) => return produce(shard, r).await.map(ResponseKind::Produce),
-        RequestKind::Fetch(r) => ResponseKind::Fetch(fetch(shard, r, version).await),
+        RequestKind::Produce(r) => {
+            return produce(shard, r)
+                .await
+                .map(|r| Reply::Kind(ResponseKind::Produce(r)))
+        }
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(list_offsets(shard, r, version).await)
         }
@@ -139,7 +152,7 @@ pub async fn handle(shard: &Rc<Shard>, request: RequestKind, version: i16) -> Op
             ResponseKind::DeleteRecords(delete_records(shard, r).await)
         }
         other => unreachable!("unsupported request reached the dispatcher: {other:?}"),
-    })
+    }))
 }
 
 pub fn api_versions(error_code: i16) -> ApiVersionsResponse {
@@ -395,15 +408,25 @@ fn error_produce_response(req: &ProduceRequest, code: i16) -> ProduceResponse {
 }
 
 /// What one partition answered to a fetch.
-#[derive(Debug, Clone, Default)]
 struct FetchedPartition {
     error_code: i16,
     high_watermark: i64,
     log_start_offset: i64,
-    records: Bytes,
+    records: Records,
 }
 
-async fn fetch(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchResponse {
+impl Default for FetchedPartition {
+    fn default() -> Self {
+        FetchedPartition {
+            error_code: ec::NONE,
+            high_watermark: -1,
+            log_start_offset: -1,
+            records: Records::Bytes(Bytes::new()),
+        }
+    }
+}
+
+async fn fetch(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Vec<TopicOut> {
     let meta = shard.metadata();
     // Resolve each requested partition to (topic name, partition, offset, max bytes).
     struct Want {
@@ -440,7 +463,7 @@ async fn fetch(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchRespo
     let deadline = std::time::Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let mut answers: Vec<FetchedPartition>;
     loop {
-        answers = vec![FetchedPartition::default(); wants.len()];
+        answers = (0..wants.len()).map(|_| FetchedPartition::default()).collect();
         let mut by_owner: HashMap<usize, Vec<FetchPart>> = HashMap::new();
         for (i, w) in wants.iter().enumerate() {
             match &w.name {
@@ -465,7 +488,7 @@ async fn fetch(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchRespo
         let mut total = 0usize;
         for part in futures::future::join_all(jobs).await {
             for (i, fp) in part {
-                total += fp.records.len();
+                total += fp.records.len() as usize;
                 answers[i] = fp;
             }
         }
@@ -501,44 +524,36 @@ async fn fetch(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> FetchRespo
         if a.records.is_empty() {
             continue;
         }
-        if !first && a.records.len() > budget {
-            a.records = Bytes::new();
+        let len = a.records.len() as usize;
+        if !first && len > budget {
+            a.records = Records::Bytes(Bytes::new());
             continue;
         }
-        budget = budget.saturating_sub(a.records.len());
+        budget = budget.saturating_sub(len);
         first = false;
     }
-    let mut r = FetchResponse::default();
-    r.session_id = 0;
-    r.responses = req
+    let mut out: Vec<TopicOut> = req
         .topics
         .iter()
-        .map(|t| {
-            let mut tr = FetchableTopicResponse::default();
-            tr.topic = t.topic.clone();
-            tr.topic_id = t.topic_id;
-            tr.partitions = t
-                .partitions
-                .iter()
-                .map(|p| {
-                    let mut pd = PartitionData::default();
-                    pd.partition_index = p.partition;
-                    pd
-                })
-                .collect();
-            tr
+        .map(|t| TopicOut {
+            name: t.topic.0.as_str().to_string(),
+            topic_id: t.topic_id,
+            partitions: Vec::with_capacity(t.partitions.len()),
         })
         .collect();
     for (w, a) in wants.iter().zip(answers) {
-        let pd = &mut r.responses[w.ti].partitions[w.pi];
-        pd.error_code = a.error_code;
-        pd.high_watermark = a.high_watermark;
-        pd.last_stable_offset = a.high_watermark;
-        pd.log_start_offset = a.log_start_offset;
-        pd.aborted_transactions = (version >= 4).then(Vec::new);
-        pd.records = Some(a.records);
+        let p = &req.topics[w.ti].partitions[w.pi];
+        debug_assert_eq!(out[w.ti].partitions.len(), w.pi, "partitions in request order");
+        out[w.ti].partitions.push(PartitionOut {
+            index: p.partition,
+            error_code: a.error_code,
+            high_watermark: a.high_watermark,
+            last_stable_offset: a.high_watermark,
+            log_start_offset: a.log_start_offset,
+            records: a.records,
+        });
     }
-    r
+    out
 }
 
 async fn read_partitions(s: Rc<Shard>, parts: Vec<FetchPart>) -> Vec<(usize, FetchedPartition)> {
@@ -560,10 +575,34 @@ async fn read_partitions(s: Rc<Shard>, parts: Vec<FetchPart>) -> Vec<(usize, Fet
             error_code: ec::NONE,
             high_watermark: hw,
             log_start_offset: start,
-            records: Bytes::new(),
+            records: Records::Bytes(Bytes::new()),
         };
-        match p.log.read(Offset(offset), max_bytes.max(1) as usize).await {
-            Ok(bytes) => fp.records = Bytes::from(bytes),
+        let max = max_bytes.max(1) as usize;
+        let read = if s.shared.config.fetch_zero_copy {
+            match p.log.read_region(Offset(offset), max).await {
+                Ok(Some(region)) => match p.region_fd(&region) {
+                    Ok(fd) => Ok(Records::File(FileChunk {
+                        fd,
+                        pos: region.pos,
+                        len: region.len,
+                    })),
+                    Err(e) => Err(LogError::Io {
+                        op: "open for sendfile",
+                        path: region.path.display().to_string(),
+                        source: e,
+                    }),
+                },
+                Ok(None) => Ok(Records::Bytes(Bytes::new())),
+                Err(e) => Err(e),
+            }
+        } else {
+            p.log
+                .read(Offset(offset), max)
+                .await
+                .map(|b| Records::Bytes(Bytes::from(b)))
+        };
+        match read {
+            Ok(records) => fp.records = records,
             Err(LogError::OffsetOutOfRange { .. }) => fp.error_code = ec::OFFSET_OUT_OF_RANGE,
             Err(e) => {
                 eprintln!("sluice: fetch from {name}-{index} failed: {e}");

@@ -3,5 +3,6 @@
 
 pub mod admin;
 pub mod errors;
+pub mod fetch_encode;
 pub mod handlers;
 pub mod server;

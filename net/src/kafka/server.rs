@@ -16,7 +16,10 @@ use glommio::net::{TcpListener, TcpStream};
 use kafka_protocol::messages::{ApiKey, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
-use super::handlers;
+use std::os::fd::{AsRawFd, RawFd};
+
+use super::fetch_encode::{encode_fetch, Chunk, FileChunk};
+use super::handlers::{self, Reply};
 use crate::broker::shard::Shard;
 use crate::kafka::errors as ec;
 
@@ -62,9 +65,11 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
-type Pending = glommio::task::JoinHandle<Option<Vec<u8>>>;
+type Pending = glommio::task::JoinHandle<Option<Vec<Chunk>>>;
 
 async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
+    let socket = stream.as_raw_fd();
+    set_send_buffer(socket, 4 << 20);
     let (mut reader, mut writer) = futures_lite::io::split(stream);
     let (tx, rx) = glommio::channels::local_channel::new_bounded::<Pending>(IN_FLIGHT_MAX);
     let write_task = glommio::spawn_local(async move {
@@ -72,7 +77,18 @@ async fn serve_connection(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Resu
             match pending.await {
                 // An empty frame marks a response that could not be encoded: close.
                 Some(Some(frame)) if frame.is_empty() => break,
-                Some(Some(frame)) => writer.write_all(&frame).await?,
+                Some(Some(frame)) => {
+                    for chunk in frame {
+                        match chunk {
+                            Chunk::Bytes(b) => writer.write_all(&b).await?,
+                            Chunk::File(f) => {
+                                // Everything before it must be on the socket first.
+                                writer.flush().await?;
+                                send_file(socket, &f).await?;
+                            }
+                        }
+                    }
+                }
                 Some(None) => {}
                 None => break,
             }
@@ -188,7 +204,9 @@ pub fn prepare(mut frame: Bytes) -> std::io::Result<Work> {
     })
 }
 
-async fn respond(shard: &Rc<Shard>, work: Work) -> Option<Vec<u8>> {
+/// Handles one request and encodes its response frame; `None` when no response is due
+/// (acks=0), an empty frame when the response could not be encoded (the connection closes).
+async fn respond(shard: &Rc<Shard>, work: Work) -> Option<Vec<Chunk>> {
     let (correlation_id, key, version, response) = match work {
         Work::UnsupportedApiVersions { correlation_id } => (
             correlation_id,
@@ -203,8 +221,12 @@ async fn respond(shard: &Rc<Shard>, work: Work) -> Option<Vec<u8>> {
         }
         Work::Request { header, key, body } => {
             let version = header.request_api_version;
-            let response = handlers::handle(shard, *body, version).await?;
-            (header.correlation_id, key, version, response)
+            match handlers::handle(shard, *body, version).await? {
+                Reply::Kind(response) => (header.correlation_id, key, version, response),
+                Reply::Fetch(topics) => {
+                    return Some(encode_fetch(header.correlation_id, version, topics))
+                }
+            }
         }
     };
     let mut buf = BytesMut::with_capacity(256);
@@ -221,7 +243,86 @@ async fn respond(shard: &Rc<Shard>, work: Work) -> Option<Vec<u8>> {
     }
     let len = (buf.len() - 4) as i32;
     buf[0..4].copy_from_slice(&len.to_be_bytes());
-    Some(buf.to_vec())
+    Some(vec![Chunk::Bytes(buf.freeze())])
+}
+
+/// Sends `len` bytes of a file from `pos` to the socket with sendfile, without blocking the
+/// reactor on a full socket buffer: each call sends at most what the send buffer has room for
+/// (SIOCOUTQ against SO_SNDBUF), and waits briefly when it is full.
+async fn send_file(socket: RawFd, f: &FileChunk) -> std::io::Result<()> {
+    let mut off = f.pos as libc::off_t;
+    let end = (f.pos + f.len) as libc::off_t;
+    let sndbuf = socket_send_buffer(socket)?;
+    while off < end {
+        let remaining = (end - off) as usize;
+        let mut queued: libc::c_int = 0;
+        // SAFETY: SIOCOUTQ writes one int.
+        if unsafe { libc::ioctl(socket, libc::TIOCOUTQ, &mut queued) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let room = (sndbuf / 2).saturating_sub(queued.max(0) as usize);
+        if room < (64 << 10).min(remaining) {
+            glommio::timer::sleep(std::time::Duration::from_micros(200)).await;
+            continue;
+        }
+        let n = remaining.min(room);
+        // SAFETY: both descriptors are open for the duration of the call; `off` is ours.
+        let sent = unsafe { libc::sendfile(socket, f.fd.as_raw_fd(), &mut off, n) };
+        if sent < 0 {
+            let e = std::io::Error::last_os_error();
+            match e.kind() {
+                std::io::ErrorKind::Interrupted => continue,
+                std::io::ErrorKind::WouldBlock => {
+                    glommio::timer::sleep(std::time::Duration::from_micros(200)).await;
+                    continue;
+                }
+                _ => return Err(e),
+            }
+        }
+        if sent == 0 {
+            // The segment shrank under us (truncation): the frame cannot be completed.
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "segment ended inside a fetch region",
+            ));
+        }
+        glommio::yield_if_needed().await;
+    }
+    Ok(())
+}
+
+fn socket_send_buffer(socket: RawFd) -> std::io::Result<usize> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes one int into `v`.
+    let r = unsafe {
+        libc::getsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &mut v as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(v.max(0) as usize)
+}
+
+/// A larger send buffer lets one sendfile carry a whole fetch region (loopback autotuning
+/// starts small).
+fn set_send_buffer(socket: RawFd, bytes: libc::c_int) {
+    // SAFETY: setsockopt reads one int.
+    unsafe {
+        libc::setsockopt(
+            socket,
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            &bytes as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
 }
 
 #[cfg(test)]
