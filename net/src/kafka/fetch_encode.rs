@@ -197,7 +197,11 @@ mod tests {
         let mut r = FetchResponse::default();
         let mut t = FetchableTopicResponse::default();
         t.topic = TopicName(StrBytes::from_string("orders".into()));
-        t.topic_id = if version >= 13 { uuid::Uuid::from_u128(0xfeed) } else { uuid::Uuid::nil() };
+        t.topic_id = if version >= 13 {
+            uuid::Uuid::from_u128(0xfeed)
+        } else {
+            uuid::Uuid::nil()
+        };
         for (i, rec) in records.iter().enumerate() {
             let mut p = PartitionData::default();
             p.partition_index = i as i32;
@@ -213,7 +217,8 @@ mod tests {
         buf.put_i32(0);
         let mut h = ResponseHeader::default();
         h.correlation_id = 9;
-        h.encode(&mut buf, if version >= 12 { 1 } else { 0 }).unwrap();
+        h.encode(&mut buf, if version >= 12 { 1 } else { 0 })
+            .unwrap();
         r.encode(&mut buf, version).unwrap();
         let len = (buf.len() - 4) as i32;
         buf[0..4].copy_from_slice(&len.to_be_bytes());
@@ -222,7 +227,11 @@ mod tests {
 
     #[test]
     fn matches_kafka_protocol_encoding_for_every_version() {
-        let records = [Bytes::from_static(b"batch-bytes"), Bytes::new(), Bytes::from(vec![7u8; 300])];
+        let records = [
+            Bytes::from_static(b"batch-bytes"),
+            Bytes::new(),
+            Bytes::from(vec![7u8; 300]),
+        ];
         for version in 4..=16 {
             let topics = vec![TopicOut {
                 name: "orders".into(),

@@ -110,7 +110,7 @@ fn topic_name(s: &str) -> TopicName {
 /// A response: a `kafka-protocol` message, or a Fetch response whose records may be file
 /// regions (encoded by [`super::fetch_encode`]).
 pub enum Reply {
-    Kind(ResponseKind),
+    Kind(Box<ResponseKind>),
     Fetch(Vec<TopicOut>),
 }
 
@@ -119,13 +119,13 @@ pub async fn handle(shard: &Rc<Shard>, request: RequestKind, version: i16) -> Op
     if let RequestKind::Fetch(r) = request {
         return Some(Reply::Fetch(fetch(shard, r, version).await));
     }
-    Some(Reply::Kind(match request {
+    Some(Reply::Kind(Box::new(match request {
         RequestKind::ApiVersions(_) => ResponseKind::ApiVersions(api_versions(ec::NONE)),
         RequestKind::Metadata(r) => ResponseKind::Metadata(metadata(shard, r, version).await),
         RequestKind::Produce(r) => {
             return produce(shard, r)
                 .await
-                .map(|r| Reply::Kind(ResponseKind::Produce(r)))
+                .map(|r| Reply::Kind(Box::new(ResponseKind::Produce(r))))
         }
         RequestKind::ListOffsets(r) => {
             ResponseKind::ListOffsets(list_offsets(shard, r, version).await)
@@ -152,7 +152,7 @@ pub async fn handle(shard: &Rc<Shard>, request: RequestKind, version: i16) -> Op
             ResponseKind::DeleteRecords(delete_records(shard, r).await)
         }
         other => unreachable!("unsupported request reached the dispatcher: {other:?}"),
-    }))
+    })))
 }
 
 pub fn api_versions(error_code: i16) -> ApiVersionsResponse {
@@ -463,7 +463,9 @@ async fn fetch(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Vec<TopicO
     let deadline = std::time::Instant::now() + Duration::from_millis(req.max_wait_ms.max(0) as u64);
     let mut answers: Vec<FetchedPartition>;
     loop {
-        answers = (0..wants.len()).map(|_| FetchedPartition::default()).collect();
+        answers = (0..wants.len())
+            .map(|_| FetchedPartition::default())
+            .collect();
         let mut by_owner: HashMap<usize, Vec<FetchPart>> = HashMap::new();
         for (i, w) in wants.iter().enumerate() {
             match &w.name {
@@ -543,7 +545,11 @@ async fn fetch(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Vec<TopicO
         .collect();
     for (w, a) in wants.iter().zip(answers) {
         let p = &req.topics[w.ti].partitions[w.pi];
-        debug_assert_eq!(out[w.ti].partitions.len(), w.pi, "partitions in request order");
+        debug_assert_eq!(
+            out[w.ti].partitions.len(),
+            w.pi,
+            "partitions in request order"
+        );
         out[w.ti].partitions.push(PartitionOut {
             index: p.partition,
             error_code: a.error_code,

@@ -222,7 +222,7 @@ async fn respond(shard: &Rc<Shard>, work: Work) -> Option<Vec<Chunk>> {
         Work::Request { header, key, body } => {
             let version = header.request_api_version;
             match handlers::handle(shard, *body, version).await? {
-                Reply::Kind(response) => (header.correlation_id, key, version, response),
+                Reply::Kind(response) => (header.correlation_id, key, version, *response),
                 Reply::Fetch(topics) => {
                     return Some(encode_fetch(header.correlation_id, version, topics))
                 }
