@@ -508,21 +508,7 @@ impl<D: Disk> Log<D> {
     /// Empty when nothing at or past `from` is acknowledged yet.
     pub async fn read(&self, from: Offset, max_bytes: usize) -> Result<Vec<u8>, LogError> {
         let mut from = from.0;
-        let (start, acked, end) = {
-            let st = self.state.borrow();
-            (
-                st.log_start,
-                st.acked_end(self.config.get().fsync),
-                st.next_offset,
-            )
-        };
-        if from < start || from > end {
-            return Err(LogError::OffsetOutOfRange {
-                offset: Offset(from),
-                start: Offset(start),
-                end: Offset(end),
-            });
-        }
+        let acked = self.readable_from(from)?;
         let mut out = Vec::new();
         while from < acked {
             let Some(plan) = self.plan_read(from) else {
@@ -565,21 +551,7 @@ impl<D: Disk> Log<D> {
         max_bytes: usize,
     ) -> Result<Option<FileRegion>, LogError> {
         let mut from = from.0;
-        let (start, acked, end) = {
-            let st = self.state.borrow();
-            (
-                st.log_start,
-                st.acked_end(self.config.get().fsync),
-                st.next_offset,
-            )
-        };
-        if from < start || from > end {
-            return Err(LogError::OffsetOutOfRange {
-                offset: Offset(from),
-                start: Offset(start),
-                end: Offset(end),
-            });
-        }
+        let acked = self.readable_from(from)?;
         while from < acked {
             let (plan, limit) = {
                 let st = self.state.borrow();
@@ -618,6 +590,19 @@ impl<D: Disk> Log<D> {
             from = plan.segment_end.max(from + 1);
         }
         Ok(None)
+    }
+
+    /// Checks that `from` lies in [log start, log end] and returns the acknowledged end.
+    fn readable_from(&self, from: i64) -> Result<i64, LogError> {
+        let st = self.state.borrow();
+        if from < st.log_start || from > st.next_offset {
+            return Err(LogError::OffsetOutOfRange {
+                offset: Offset(from),
+                start: Offset(st.log_start),
+                end: Offset(st.next_offset),
+            });
+        }
+        Ok(st.acked_end(self.config.get().fsync))
     }
 
     /// The first record whose timestamp is at or after `timestamp` (ListOffsets by time).

@@ -93,12 +93,14 @@ def test_delete_records_moves_the_low_watermark(broker):
     res = a.delete_records([TopicPartition("trim", 0, 40)])
     [(tp, fut)] = list(res.items())
     assert fut.result(timeout=15).low_watermark == 40
-    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused"})
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused",
+                  "enable.auto.commit": False})
     assert c.get_watermark_offsets(TopicPartition("trim", 0), timeout=10) == (40, 100)
     c.close()
     assert broker.stop() == 0
     broker.start()
-    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused"})
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused",
+                  "enable.auto.commit": False})
     assert c.get_watermark_offsets(TopicPartition("trim", 0), timeout=10) == (40, 100)
     c.close()
     with pytest.raises(KafkaException):

@@ -104,7 +104,8 @@ def test_zstd_roundtrip_and_offsets_by_time(broker):
     seen, by_key = consume_all(broker.bootstrap, "zs", 1, 5000)
     assert len(seen) == 5000
     check_order(by_key)
-    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused"})
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused",
+                  "enable.auto.commit": False})
     lo, hi = c.get_watermark_offsets(TopicPartition("zs", 0), timeout=10)
     assert (lo, hi) == (0, 5000)
     [tp] = c.offsets_for_times([TopicPartition("zs", 0, before)], timeout=10)
@@ -123,6 +124,7 @@ def test_restart_serves_everything_acknowledged(broker):
     check_order(by_key)
     # The restarted broker keeps idempotent-producer state and takes new appends at the end.
     produce_keyed(broker.bootstrap, "again", 10, "none", value_bytes=200, keys=10)
-    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused"})
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused",
+                  "enable.auto.commit": False})
     assert c.get_watermark_offsets(TopicPartition("again", 0), timeout=10) == (0, 3010)
     c.close()

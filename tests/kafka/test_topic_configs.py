@@ -21,7 +21,8 @@ def test_log_append_time_and_max_message_bytes(broker):
     p.flush(15)
     assert errors[0] is None
     assert errors[1] is not None and errors[1].name() == "MSG_SIZE_TOO_LARGE"
-    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused"})
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "unused",
+                  "enable.auto.commit": False})
     c.assign([TopicPartition("lat", 0, 0)])
     m = c.poll(10)
     assert m is not None and m.value() == b"small"

@@ -86,6 +86,12 @@ impl Metadata {
         std::fs::File::open(dir)?.sync_all()
     }
 
+    pub fn has_partition(&self, topic: &str, partition: i32) -> bool {
+        self.topics
+            .get(topic)
+            .is_some_and(|t| (0..t.partitions).contains(&partition))
+    }
+
     pub fn topic_by_id(&self, id: uuid::Uuid) -> Option<(&String, &TopicMeta)> {
         self.topics.iter().find(|(_, t)| t.id == id)
     }

@@ -64,16 +64,22 @@ async fn create_on_home(
         return results;
     }
     if let Err(e) = home.publish_metadata(meta) {
-        let msg = format!("cannot persist metadata: {e}");
-        return results
-            .into_iter()
-            .map(|r| r.and(Err((ec::KAFKA_STORAGE_ERROR, msg.clone()))))
-            .collect();
+        return storage_failure(results, &e);
     }
     for (name, partitions) in created {
         open_partitions(&home, &name, 0..partitions).await;
     }
     results
+}
+
+/// Every request that would have succeeded fails with KAFKA_STORAGE_ERROR: the metadata could
+/// not be made durable, so nothing was changed.
+fn storage_failure(results: Vec<AdminResult>, e: &std::io::Error) -> Vec<AdminResult> {
+    let msg = format!("cannot persist metadata: {e}");
+    results
+        .into_iter()
+        .map(|r| r.and(Err((ec::KAFKA_STORAGE_ERROR, msg.clone()))))
+        .collect()
 }
 
 fn check_new_topic(
@@ -155,11 +161,7 @@ pub async fn delete_topics(shard: &Rc<Shard>, names: Vec<String>) -> Vec<AdminRe
                     return results;
                 }
                 if let Err(e) = home.publish_metadata(meta) {
-                    let msg = format!("cannot persist metadata: {e}");
-                    return results
-                        .into_iter()
-                        .map(|r| r.and(Err((ec::KAFKA_STORAGE_ERROR, msg.clone()))))
-                        .collect();
+                    return storage_failure(results, &e);
                 }
                 let mut waits = Vec::new();
                 for (name, partitions) in doomed {
@@ -221,11 +223,7 @@ pub async fn create_partitions(
                     return results;
                 }
                 if let Err(e) = home.publish_metadata(meta) {
-                    let msg = format!("cannot persist metadata: {e}");
-                    return results
-                        .into_iter()
-                        .map(|r| r.and(Err((ec::KAFKA_STORAGE_ERROR, msg.clone()))))
-                        .collect();
+                    return storage_failure(results, &e);
                 }
                 for (name, from, to) in grown {
                     open_partitions(&home, &name, from..to).await;
@@ -277,11 +275,7 @@ pub async fn alter_topic_configs(
                     return results;
                 }
                 if let Err(e) = home.publish_metadata(meta) {
-                    let msg = format!("cannot persist metadata: {e}");
-                    return results
-                        .into_iter()
-                        .map(|r| r.and(Err((ec::KAFKA_STORAGE_ERROR, msg.clone()))))
-                        .collect();
+                    return storage_failure(results, &e);
                 }
                 let mut waits = Vec::new();
                 for target in 0..home.shards() {

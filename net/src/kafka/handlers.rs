@@ -305,10 +305,7 @@ async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceRespon
     for (ti, t) in req.topic_data.iter().enumerate() {
         let name = t.name.0.as_str();
         for (pi, p) in t.partition_data.iter().enumerate() {
-            let known = meta
-                .topics
-                .get(name)
-                .is_some_and(|m| (0..m.partitions).contains(&p.index));
+            let known = meta.has_partition(name, p.index);
             if !known {
                 results.push((ti, pi, Err(ec::UNKNOWN_TOPIC_OR_PARTITION)));
                 continue;
@@ -661,10 +658,7 @@ async fn list_offsets(
             pr.offset = -1;
             // Only v4+ carries the leader epoch (and the encoder refuses it below that).
             pr.leader_epoch = if version >= 4 { 0 } else { -1 };
-            let known = meta
-                .topics
-                .get(&name)
-                .is_some_and(|m| (0..m.partitions).contains(&p.partition_index));
+            let known = meta.has_partition(&name, p.partition_index);
             if !known {
                 pr.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION;
             } else {
@@ -886,10 +880,7 @@ async fn offset_for_leader_epoch(
         for p in &t.partitions {
             let mut e = offset_for_leader_epoch_response::EpochEndOffset::default();
             e.partition = p.partition;
-            let known = meta
-                .topics
-                .get(&name)
-                .is_some_and(|m| (0..m.partitions).contains(&p.partition));
+            let known = meta.has_partition(&name, p.partition);
             if !known {
                 e.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION;
                 e.leader_epoch = -1;
@@ -1051,10 +1042,7 @@ async fn delete_records(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> DeleteR
             let mut pr = DeleteRecordsPartitionResult::default();
             pr.partition_index = p.partition_index;
             pr.low_watermark = -1;
-            let known = meta
-                .topics
-                .get(&name)
-                .is_some_and(|m| (0..m.partitions).contains(&p.partition_index));
+            let known = meta.has_partition(&name, p.partition_index);
             if !known {
                 pr.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION;
             } else {
