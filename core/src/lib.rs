@@ -11,6 +11,7 @@
 
 pub mod batch;
 pub mod error;
+pub mod group;
 pub mod offset;
 pub mod producer;
 
