@@ -424,6 +424,41 @@ impl GroupCoordinator {
         codes::NONE
     }
 
+    /// Whether an OffsetCommit from `member_id` at `generation_id` may be applied. A commit with
+    /// generation -1 and no member id (a consumer outside the group protocol) is accepted only
+    /// while the group has no members; it creates the group if needed.
+    pub fn validate_commit(&mut self, group_id: &str, member_id: &str, generation_id: i32) -> i16 {
+        if generation_id < 0 && member_id.is_empty() {
+            let g = self
+                .groups
+                .entry(group_id.to_string())
+                .or_insert_with(Group::new);
+            return if g.members.is_empty() {
+                if g.state == GroupState::Dead {
+                    g.state = GroupState::Empty;
+                }
+                codes::NONE
+            } else {
+                codes::ILLEGAL_GENERATION
+            };
+        }
+        let Some(g) = self.groups.get(group_id) else {
+            return codes::UNKNOWN_MEMBER_ID;
+        };
+        if !g.members.contains_key(member_id) {
+            return codes::UNKNOWN_MEMBER_ID;
+        }
+        if generation_id != g.generation {
+            return codes::ILLEGAL_GENERATION;
+        }
+        match g.state {
+            GroupState::PreparingRebalance | GroupState::CompletingRebalance => {
+                codes::REBALANCE_IN_PROGRESS
+            }
+            _ => codes::NONE,
+        }
+    }
+
     /// Members leaving (LeaveGroup); each gets an error code.
     pub fn leave(&mut self, now_ms: u64, group_id: &str, member_ids: &[String]) -> Vec<i16> {
         let Some(group) = self.groups.get_mut(group_id) else {

@@ -96,12 +96,13 @@ def test_corrupt_batches_and_unknown_topics_get_error_codes(broker):
     assert api_versions_ok(broker)
 
 
-def test_consumer_group_apis_are_refused_cleanly(broker):
-    """Consumer groups come later; until then a group consumer gets UNSUPPORTED_VERSION from
-    FindCoordinator rather than a dropped connection."""
+def test_unserved_apis_are_refused_cleanly(broker):
+    """Transactions come later; until then EndTxn gets UNSUPPORTED_VERSION rather than a
+    dropped connection."""
     s = raw(broker)
-    # FindCoordinator v1: key "g", key_type 0
-    body = struct.pack(">hhih", 10, 1, 77, -1) + struct.pack(">h", 1) + b"g" + b"\x00"
+    # EndTxn v0: transactional_id "t", producer_id 1, epoch 0, committed true
+    body = struct.pack(">hhih", 26, 0, 77, -1) + struct.pack(">h", 1) + b"t"
+    body += struct.pack(">qhb", 1, 0, 1)
     s.sendall(struct.pack(">i", len(body)) + body)
     size = struct.unpack(">i", s.recv(4))[0]
     data = s.recv(size)

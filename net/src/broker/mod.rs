@@ -2,6 +2,7 @@
 //! ([`metadata`]), configuration ([`config`]) and [`serve`], which runs it all.
 
 pub mod config;
+pub mod groups;
 pub mod metadata;
 pub mod partition;
 pub mod shard;
@@ -132,6 +133,18 @@ async fn run_shard(
     if let Err(e) = shard.open_owned_partitions().await {
         let _ = ready.send(Err(format!("shard {id}: cannot open partitions: {e}")));
         return;
+    }
+    match groups::GroupHome::open(&shard.shared.config.data_dir, id).await {
+        Ok(home) => {
+            let home = std::rc::Rc::new(home);
+            *shard.groups.borrow_mut() = Some(home.clone());
+            let s = shard.clone();
+            glommio::spawn_local(home.run_timers(move || s.stopped.get())).detach();
+        }
+        Err(e) => {
+            let _ = ready.send(Err(format!("shard {id}: cannot open the offsets log: {e}")));
+            return;
+        }
     }
     let listener = match glommio::net::TcpListener::bind(listen) {
         Ok(l) => l,

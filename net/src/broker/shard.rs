@@ -55,6 +55,8 @@ pub struct Shard {
     pub stopped: Cell<bool>,
     pub connections: Cell<usize>,
     pub idle: Notify,
+    /// Consumer groups homed on this shard (opened at startup).
+    pub groups: RefCell<Option<Rc<super::groups::GroupHome>>>,
 }
 
 impl Shard {
@@ -68,6 +70,7 @@ impl Shard {
             stopped: Cell::new(false),
             connections: Cell::new(0),
             idle: Notify::default(),
+            groups: RefCell::new(None),
         })
     }
 
@@ -109,6 +112,18 @@ impl Shard {
         while let Some(job) = jobs.next().await {
             glommio::spawn_local(job(self.clone())).detach();
         }
+    }
+
+    /// The shard that coordinates `group_id`.
+    pub fn group_owner(&self, group_id: &str) -> usize {
+        owner_shard(group_id, -1, self.shards())
+    }
+
+    pub fn group_home(&self) -> Rc<super::groups::GroupHome> {
+        self.groups
+            .borrow()
+            .clone()
+            .expect("group home opened at startup")
     }
 
     pub fn partition(&self, topic: &str, index: i32) -> Option<Rc<Partition>> {
@@ -230,6 +245,12 @@ impl Shard {
 
     /// Syncs every partition and writes producer snapshots (clean shutdown).
     pub async fn close_partitions(&self) {
+        let home = self.groups.borrow().clone();
+        if let Some(home) = home {
+            if let Err(e) = home.close().await {
+                eprintln!("sluice: closing the offsets log of shard {}: {e}", self.id);
+            }
+        }
         let parts: Vec<_> = self.partitions.borrow().values().cloned().collect();
         for p in parts {
             if let Err(e) = p.close(wall_clock_ms()).await {

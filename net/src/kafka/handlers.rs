@@ -36,6 +36,7 @@ use sluice_storage::{wall_clock_ms, LogError};
 use super::admin::{self, ConfigOp, NewTopic};
 use super::errors as ec;
 use super::fetch_encode::{FileChunk, PartitionOut, Records, TopicOut};
+use super::groups;
 use crate::broker::config::{effective, TOPIC_CONFIGS};
 use crate::broker::partition::log_error_code;
 use crate::broker::shard::Shard;
@@ -57,6 +58,15 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::FindCoordinator, 0, 4),
+    (ApiKey::JoinGroup, 0, 7),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 4),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 8),
+    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::DescribeGroups, 0, 5),
 ];
 
 pub fn supports(key: ApiKey, version: i16) -> bool {
@@ -115,7 +125,12 @@ pub enum Reply {
 }
 
 /// Handles one decoded request; `None` means no response is sent (Produce with acks=0).
-pub async fn handle(shard: &Rc<Shard>, request: RequestKind, version: i16) -> Option<Reply> {
+pub async fn handle(
+    shard: &Rc<Shard>,
+    request: RequestKind,
+    version: i16,
+    client_id: &str,
+) -> Option<Reply> {
     if let RequestKind::Fetch(r) = request {
         return Some(Reply::Fetch(fetch(shard, r, version).await));
     }
@@ -150,6 +165,29 @@ pub async fn handle(shard: &Rc<Shard>, request: RequestKind, version: i16) -> Op
         RequestKind::DescribeCluster(_) => ResponseKind::DescribeCluster(describe_cluster(shard)),
         RequestKind::DeleteRecords(r) => {
             ResponseKind::DeleteRecords(delete_records(shard, r).await)
+        }
+        RequestKind::FindCoordinator(r) => {
+            ResponseKind::FindCoordinator(groups::find_coordinator(shard, r, version))
+        }
+        RequestKind::JoinGroup(r) => {
+            ResponseKind::JoinGroup(groups::join_group(shard, r, version, client_id).await)
+        }
+        RequestKind::SyncGroup(r) => {
+            ResponseKind::SyncGroup(groups::sync_group(shard, r, version).await)
+        }
+        RequestKind::Heartbeat(r) => ResponseKind::Heartbeat(groups::heartbeat(shard, r).await),
+        RequestKind::LeaveGroup(r) => {
+            ResponseKind::LeaveGroup(groups::leave_group(shard, r, version).await)
+        }
+        RequestKind::OffsetCommit(r) => {
+            ResponseKind::OffsetCommit(groups::offset_commit(shard, r).await)
+        }
+        RequestKind::OffsetFetch(r) => {
+            ResponseKind::OffsetFetch(groups::offset_fetch(shard, r, version).await)
+        }
+        RequestKind::ListGroups(_) => ResponseKind::ListGroups(groups::list_groups(shard).await),
+        RequestKind::DescribeGroups(r) => {
+            ResponseKind::DescribeGroups(groups::describe_groups(shard, r).await)
         }
         other => unreachable!("unsupported request reached the dispatcher: {other:?}"),
     })))

@@ -4,5 +4,6 @@
 pub mod admin;
 pub mod errors;
 pub mod fetch_encode;
+pub mod groups;
 pub mod handlers;
 pub mod server;

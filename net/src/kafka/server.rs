@@ -221,7 +221,12 @@ async fn respond(shard: &Rc<Shard>, work: Work) -> Option<Vec<Chunk>> {
         }
         Work::Request { header, key, body } => {
             let version = header.request_api_version;
-            match handlers::handle(shard, *body, version).await? {
+            let client_id = header
+                .client_id
+                .as_ref()
+                .map(|c| c.as_str().to_string())
+                .unwrap_or_default();
+            match handlers::handle(shard, *body, version, &client_id).await? {
                 Reply::Kind(response) => (header.correlation_id, key, version, *response),
                 Reply::Fetch(topics) => {
                     return Some(encode_fetch(header.correlation_id, version, topics))

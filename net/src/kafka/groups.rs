@@ -1,0 +1,526 @@
+//! Consumer-group APIs (classic protocol): FindCoordinator, JoinGroup, SyncGroup, Heartbeat,
+//! LeaveGroup, OffsetCommit, OffsetFetch, ListGroups, DescribeGroups. Each group lives on its
+//! home shard ([`Shard::group_owner`]); requests are forwarded there.
+
+use std::rc::Rc;
+
+use bytes::Bytes;
+use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
+use kafka_protocol::messages::find_coordinator_response::Coordinator;
+use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
+use kafka_protocol::messages::leave_group_response::MemberResponse;
+use kafka_protocol::messages::list_groups_response::ListedGroup;
+use kafka_protocol::messages::offset_commit_response::{
+    OffsetCommitResponsePartition, OffsetCommitResponseTopic,
+};
+use kafka_protocol::messages::offset_fetch_response::{
+    OffsetFetchResponseGroup, OffsetFetchResponsePartition, OffsetFetchResponsePartitions,
+    OffsetFetchResponseTopic, OffsetFetchResponseTopics,
+};
+use kafka_protocol::messages::*;
+use sluice_core::group::{codes, Completion, GroupState, JoinRequest};
+use sluice_storage::wall_clock_ms;
+
+use super::errors as ec;
+use super::handlers::sb;
+use crate::broker::groups::Committed;
+use crate::broker::shard::Shard;
+
+const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+
+/// Topics and partitions an OffsetFetch asks about (`None`: all the group has).
+type TopicAsks = Vec<(String, Vec<i32>)>;
+/// Committed offsets found for one topic, per partition.
+type PartitionsFound = Vec<(i32, Option<Committed>)>;
+/// Committed offsets found, per (topic, partition).
+type Found = Vec<((String, i32), Option<Committed>)>;
+
+pub fn find_coordinator(
+    shard: &Rc<Shard>,
+    req: FindCoordinatorRequest,
+    version: i16,
+) -> FindCoordinatorResponse {
+    let cfg = &shard.shared.config;
+    let mut r = FindCoordinatorResponse::default();
+    // Groups only: transactions are not served yet.
+    let code = if req.key_type == 0 {
+        ec::NONE
+    } else {
+        COORDINATOR_NOT_AVAILABLE
+    };
+    if version < 4 {
+        r.error_code = code;
+        if code == ec::NONE {
+            r.node_id = BrokerId(cfg.node_id);
+            r.host = sb(&cfg.advertised_host);
+            r.port = cfg.advertised_port as i32;
+        } else {
+            r.node_id = BrokerId(-1);
+        }
+        return r;
+    }
+    r.coordinators = req
+        .coordinator_keys
+        .iter()
+        .map(|k| {
+            let mut c = Coordinator::default();
+            c.key = k.clone();
+            c.error_code = code;
+            if code == ec::NONE {
+                c.node_id = BrokerId(cfg.node_id);
+                c.host = sb(&cfg.advertised_host);
+                c.port = cfg.advertised_port as i32;
+            } else {
+                c.node_id = BrokerId(-1);
+            }
+            c
+        })
+        .collect();
+    r
+}
+
+pub async fn join_group(
+    shard: &Rc<Shard>,
+    req: JoinGroupRequest,
+    version: i16,
+    client_id: &str,
+) -> JoinGroupResponse {
+    let group = req.group_id.0.as_str().to_string();
+    let join = JoinRequest {
+        group_id: group.clone(),
+        member_id: req.member_id.as_str().to_string(),
+        group_instance_id: req
+            .group_instance_id
+            .as_ref()
+            .map(|s| s.as_str().to_string()),
+        client_id: client_id.to_string(),
+        client_host: "/127.0.0.1".to_string(),
+        session_timeout_ms: req.session_timeout_ms,
+        rebalance_timeout_ms: if version >= 1 {
+            req.rebalance_timeout_ms
+        } else {
+            req.session_timeout_ms
+        },
+        protocol_type: req.protocol_type.as_str().to_string(),
+        protocols: req
+            .protocols
+            .iter()
+            .map(|p| (p.name.as_str().to_string(), p.metadata.to_vec()))
+            .collect(),
+        require_known_member_id: version >= 4,
+    };
+    let answer = shard
+        .submit_to(shard.group_owner(&group), move |s| {
+            Box::pin(async move {
+                let home = s.group_home();
+                let reply = home.coordinator.borrow_mut().join(wall_clock_ms(), join);
+                home.answer(reply, |c| match c {
+                    Completion::Join(j) => Some(j),
+                    Completion::Sync(_) => None,
+                })
+                .await
+            })
+        })
+        .await;
+    let mut r = JoinGroupResponse::default();
+    match answer {
+        None => r.error_code = codes::REBALANCE_IN_PROGRESS,
+        Some(j) => {
+            r.error_code = j.error_code;
+            r.generation_id = j.generation_id;
+            if version >= 7 {
+                r.protocol_type = j.protocol_type.as_deref().map(sb);
+            }
+            r.protocol_name = j.protocol_name.as_deref().map(sb).or(Some(sb("")));
+            r.leader = sb(&j.leader);
+            r.member_id = sb(&j.member_id);
+            r.members = j
+                .members
+                .into_iter()
+                .map(|(id, instance, meta)| {
+                    let mut m = JoinGroupResponseMember::default();
+                    m.member_id = sb(&id);
+                    if version >= 5 {
+                        m.group_instance_id = instance.as_deref().map(sb);
+                    }
+                    m.metadata = Bytes::from(meta);
+                    m
+                })
+                .collect();
+        }
+    }
+    r
+}
+
+pub async fn sync_group(
+    shard: &Rc<Shard>,
+    req: SyncGroupRequest,
+    version: i16,
+) -> SyncGroupResponse {
+    let group = req.group_id.0.as_str().to_string();
+    let member = req.member_id.as_str().to_string();
+    let generation = req.generation_id;
+    let assignments: Vec<(String, Vec<u8>)> = req
+        .assignments
+        .iter()
+        .map(|a| (a.member_id.as_str().to_string(), a.assignment.to_vec()))
+        .collect();
+    let answer = shard
+        .submit_to(shard.group_owner(&group), move |s| {
+            Box::pin(async move {
+                let home = s.group_home();
+                let reply =
+                    home.coordinator
+                        .borrow_mut()
+                        .sync(&group, &member, generation, assignments);
+                home.answer(reply, |c| match c {
+                    Completion::Sync(r) => Some(r),
+                    Completion::Join(_) => None,
+                })
+                .await
+            })
+        })
+        .await;
+    let mut r = SyncGroupResponse::default();
+    match answer {
+        None => r.error_code = codes::REBALANCE_IN_PROGRESS,
+        Some(a) => {
+            r.error_code = a.error_code;
+            if version >= 5 {
+                r.protocol_type = a.protocol_type.as_deref().map(sb);
+                r.protocol_name = a.protocol_name.as_deref().map(sb);
+            }
+            r.assignment = Bytes::from(a.assignment);
+        }
+    }
+    r
+}
+
+pub async fn heartbeat(shard: &Rc<Shard>, req: HeartbeatRequest) -> HeartbeatResponse {
+    let group = req.group_id.0.as_str().to_string();
+    let member = req.member_id.as_str().to_string();
+    let generation = req.generation_id;
+    let code = shard
+        .submit_to(shard.group_owner(&group), move |s| {
+            Box::pin(async move {
+                let home = s.group_home();
+                let code = home.coordinator.borrow_mut().heartbeat(
+                    wall_clock_ms(),
+                    &group,
+                    &member,
+                    generation,
+                );
+                home.dispatch();
+                code
+            })
+        })
+        .await;
+    let mut r = HeartbeatResponse::default();
+    r.error_code = code;
+    r
+}
+
+pub async fn leave_group(
+    shard: &Rc<Shard>,
+    req: LeaveGroupRequest,
+    version: i16,
+) -> LeaveGroupResponse {
+    let group = req.group_id.0.as_str().to_string();
+    let members: Vec<(String, Option<String>)> = if version >= 3 {
+        req.members
+            .iter()
+            .map(|m| {
+                (
+                    m.member_id.as_str().to_string(),
+                    m.group_instance_id.as_ref().map(|s| s.as_str().to_string()),
+                )
+            })
+            .collect()
+    } else {
+        vec![(req.member_id.as_str().to_string(), None)]
+    };
+    let ids: Vec<String> = members.iter().map(|(m, _)| m.clone()).collect();
+    let codes_out = shard
+        .submit_to(shard.group_owner(&group), move |s| {
+            Box::pin(async move {
+                let home = s.group_home();
+                let out = home
+                    .coordinator
+                    .borrow_mut()
+                    .leave(wall_clock_ms(), &group, &ids);
+                home.dispatch();
+                out
+            })
+        })
+        .await;
+    let mut r = LeaveGroupResponse::default();
+    if version >= 3 {
+        r.members = members
+            .into_iter()
+            .zip(&codes_out)
+            .map(|((id, instance), code)| {
+                let mut m = MemberResponse::default();
+                m.member_id = sb(&id);
+                m.group_instance_id = instance.as_deref().map(sb);
+                m.error_code = *code;
+                m
+            })
+            .collect();
+    } else {
+        r.error_code = codes_out.first().copied().unwrap_or(ec::NONE);
+    }
+    r
+}
+
+pub async fn offset_commit(shard: &Rc<Shard>, req: OffsetCommitRequest) -> OffsetCommitResponse {
+    let group = req.group_id.0.as_str().to_string();
+    let member = req.member_id.as_str().to_string();
+    let generation = req.generation_id_or_member_epoch;
+    let meta = shard.metadata();
+    let mut r = OffsetCommitResponse::default();
+    let mut commits = Vec::new();
+    for t in &req.topics {
+        let mut tr = OffsetCommitResponseTopic::default();
+        tr.name = t.name.clone();
+        for p in &t.partitions {
+            let mut pr = OffsetCommitResponsePartition::default();
+            pr.partition_index = p.partition_index;
+            if !meta.has_partition(t.name.0.as_str(), p.partition_index) {
+                pr.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION;
+            } else {
+                commits.push((
+                    (t.name.0.as_str().to_string(), p.partition_index),
+                    Committed {
+                        offset: p.committed_offset,
+                        metadata: p
+                            .committed_metadata
+                            .as_ref()
+                            .map(|m| m.as_str().to_string())
+                            .unwrap_or_default(),
+                    },
+                ));
+            }
+            tr.partitions.push(pr);
+        }
+        r.topics.push(tr);
+    }
+    let code = shard
+        .submit_to(shard.group_owner(&group), move |s| {
+            Box::pin(async move {
+                let home = s.group_home();
+                let code = home
+                    .coordinator
+                    .borrow_mut()
+                    .validate_commit(&group, &member, generation);
+                if code != codes::NONE {
+                    return code;
+                }
+                match home.commit(&group, commits).await {
+                    Ok(()) => codes::NONE,
+                    Err(e) => {
+                        eprintln!("sluice: offset commit for group {group} failed: {e}");
+                        ec::KAFKA_STORAGE_ERROR
+                    }
+                }
+            })
+        })
+        .await;
+    for t in r.topics.iter_mut() {
+        for p in t.partitions.iter_mut() {
+            if p.error_code == ec::NONE {
+                p.error_code = code;
+            }
+        }
+    }
+    r
+}
+
+pub async fn offset_fetch(
+    shard: &Rc<Shard>,
+    req: OffsetFetchRequest,
+    version: i16,
+) -> OffsetFetchResponse {
+    // v8+ asks for several groups at once; older versions for one.
+    let asks: Vec<(String, Option<TopicAsks>)> = if version >= 8 {
+        req.groups
+            .iter()
+            .map(|g| {
+                (
+                    g.group_id.0.as_str().to_string(),
+                    g.topics.as_ref().map(|ts| {
+                        ts.iter()
+                            .map(|t| (t.name.0.as_str().to_string(), t.partition_indexes.clone()))
+                            .collect()
+                    }),
+                )
+            })
+            .collect()
+    } else {
+        vec![(
+            req.group_id.0.as_str().to_string(),
+            req.topics.as_ref().map(|ts| {
+                ts.iter()
+                    .map(|t| (t.name.0.as_str().to_string(), t.partition_indexes.clone()))
+                    .collect()
+            }),
+        )]
+    };
+    let mut results = Vec::new();
+    for (group, topics) in asks {
+        let g = group.clone();
+        let found: Found = shard
+            .submit_to(shard.group_owner(&group), move |s| {
+                Box::pin(async move {
+                    let home = s.group_home();
+                    match topics {
+                        None => home
+                            .committed_all(&g)
+                            .into_iter()
+                            .map(|(tp, c)| (tp, Some(c)))
+                            .collect(),
+                        Some(ts) => ts
+                            .into_iter()
+                            .flat_map(|(t, ps)| ps.into_iter().map(move |p| (t.clone(), p)))
+                            .map(|(t, p)| {
+                                let c = home.committed(&g, &t, p);
+                                ((t, p), c)
+                            })
+                            .collect(),
+                    }
+                })
+            })
+            .await;
+        results.push((group, found));
+    }
+    let mut r = OffsetFetchResponse::default();
+    let group_topics = |found: &[((String, i32), Option<Committed>)]| {
+        let mut topics: Vec<(String, PartitionsFound)> = Vec::new();
+        for ((t, p), c) in found {
+            match topics.iter_mut().find(|(n, _)| n == t) {
+                Some((_, ps)) => ps.push((*p, c.clone())),
+                None => topics.push((t.clone(), vec![(*p, c.clone())])),
+            }
+        }
+        topics
+    };
+    if version >= 8 {
+        for (group, found) in results {
+            let mut g = OffsetFetchResponseGroup::default();
+            g.group_id = GroupId(sb(&group));
+            for (t, ps) in group_topics(&found) {
+                let mut tr = OffsetFetchResponseTopics::default();
+                tr.name = TopicName(sb(&t));
+                for (p, c) in ps {
+                    let mut pr = OffsetFetchResponsePartitions::default();
+                    pr.partition_index = p;
+                    pr.committed_offset = c.as_ref().map_or(-1, |c| c.offset);
+                    pr.metadata = Some(sb(c.as_ref().map_or("", |c| c.metadata.as_str())));
+                    tr.partitions.push(pr);
+                }
+                g.topics.push(tr);
+            }
+            r.groups.push(g);
+        }
+    } else if let Some((_, found)) = results.into_iter().next() {
+        for (t, ps) in group_topics(&found) {
+            let mut tr = OffsetFetchResponseTopic::default();
+            tr.name = TopicName(sb(&t));
+            for (p, c) in ps {
+                let mut pr = OffsetFetchResponsePartition::default();
+                pr.partition_index = p;
+                pr.committed_offset = c.as_ref().map_or(-1, |c| c.offset);
+                pr.metadata = Some(sb(c.as_ref().map_or("", |c| c.metadata.as_str())));
+                tr.partitions.push(pr);
+            }
+            r.topics.push(tr);
+        }
+    }
+    r
+}
+
+fn state_name(s: GroupState) -> &'static str {
+    match s {
+        GroupState::Empty => "Empty",
+        GroupState::PreparingRebalance => "PreparingRebalance",
+        GroupState::CompletingRebalance => "CompletingRebalance",
+        GroupState::Stable => "Stable",
+        GroupState::Dead => "Dead",
+    }
+}
+
+pub async fn list_groups(shard: &Rc<Shard>) -> ListGroupsResponse {
+    let mut waits = Vec::new();
+    for target in 0..shard.shards() {
+        waits.push(shard.submit_to(target, |s| {
+            Box::pin(async move {
+                let home = s.group_home();
+                let mut out: Vec<(String, String, String)> = home
+                    .coordinator
+                    .borrow()
+                    .list()
+                    .into_iter()
+                    .map(|(g, st, pt)| (g, state_name(st).to_string(), pt))
+                    .collect();
+                for g in home.groups_with_offsets() {
+                    if !out.iter().any(|(id, _, _)| *id == g) {
+                        out.push((g, "Empty".into(), "consumer".into()));
+                    }
+                }
+                out
+            })
+        }));
+    }
+    let mut r = ListGroupsResponse::default();
+    for part in futures::future::join_all(waits).await {
+        for (g, state, pt) in part {
+            let mut lg = ListedGroup::default();
+            lg.group_id = GroupId(sb(&g));
+            lg.protocol_type = sb(&pt);
+            lg.group_state = sb(&state);
+            lg.group_type = sb("classic");
+            r.groups.push(lg);
+        }
+    }
+    r
+}
+
+pub async fn describe_groups(
+    shard: &Rc<Shard>,
+    req: DescribeGroupsRequest,
+) -> DescribeGroupsResponse {
+    let mut r = DescribeGroupsResponse::default();
+    for g in &req.groups {
+        let group = g.0.as_str().to_string();
+        let gid = group.clone();
+        let summary = shard
+            .submit_to(shard.group_owner(&group), move |s| {
+                Box::pin(async move { s.group_home().coordinator.borrow().describe(&gid) })
+            })
+            .await;
+        let mut d = DescribedGroup::default();
+        d.group_id = g.clone();
+        match summary {
+            None => d.group_state = sb("Dead"),
+            Some(sm) => {
+                d.group_state = sb(state_name(sm.state));
+                d.protocol_type = sb(&sm.protocol_type);
+                d.protocol_data = sb(&sm.protocol_name);
+                d.members = sm
+                    .members
+                    .into_iter()
+                    .map(|(id, instance, client, host, assignment)| {
+                        let mut m = DescribedGroupMember::default();
+                        m.member_id = sb(&id);
+                        m.group_instance_id = instance.as_deref().map(sb);
+                        m.client_id = sb(&client);
+                        m.client_host = sb(&host);
+                        m.member_assignment = Bytes::from(assignment);
+                        m
+                    })
+                    .collect();
+            }
+        }
+        r.groups.push(d);
+    }
+    r
+}

@@ -1,0 +1,142 @@
+"""Consumer groups (classic protocol): three confluent-kafka members share a 6-partition topic;
+one is killed with SIGKILL and its partitions move to the survivors within session timeout + 3 s;
+a consumer that joins later resumes at the committed offsets; kafka-python's group consumer."""
+
+import json
+import multiprocessing as mp
+import os
+import signal
+import time
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+TOTAL = 60_000
+SESSION_MS = 6000
+
+
+def member(bootstrap, name, state_dir):
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "workers",
+                  "auto.offset.reset": "earliest", "session.timeout.ms": SESSION_MS,
+                  "heartbeat.interval.ms": 500, "enable.auto.commit": True,
+                  "auto.commit.interval.ms": 200, "client.id": name})
+    c.subscribe(["work"])
+    seen = open(os.path.join(state_dir, f"{name}.seen"), "a", buffering=1)
+    stop = os.path.join(state_dir, "stop")
+    while not os.path.exists(stop):
+        for m in c.consume(500, 0.2):
+            if m.error() is None:
+                seen.write(f"{m.partition()} {m.offset()}\n")
+        with open(os.path.join(state_dir, f"{name}.assign.tmp"), "w") as f:
+            json.dump(sorted(tp.partition for tp in c.assignment()), f)
+        os.replace(os.path.join(state_dir, f"{name}.assign.tmp"),
+                   os.path.join(state_dir, f"{name}.assign"))
+    c.close()  # commits and leaves the group
+
+
+def assignment(state_dir, name):
+    try:
+        return json.load(open(os.path.join(state_dir, f"{name}.assign")))
+    except (OSError, ValueError):
+        return []
+
+
+def seen_offsets(state_dir, names):
+    out = set()
+    for n in names:
+        try:
+            for line in open(os.path.join(state_dir, f"{n}.seen")):
+                p, o = line.split()
+                out.add((int(p), int(o)))
+        except OSError:
+            pass
+    return out
+
+
+def test_group_rebalances_on_member_death_and_resumes_from_commits(broker, workdir):
+    a = AdminClient({"bootstrap.servers": broker.bootstrap})
+    a.create_topics([NewTopic("work", num_partitions=6, replication_factor=1)])["work"].result(15)
+    p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
+    for i in range(TOTAL):
+        p.produce("work", value=str(i).encode(), partition=i % 6)
+        if i % 10000 == 0:
+            p.poll(0)
+    assert p.flush(30) == 0
+
+    state = str(workdir)
+    ctx = mp.get_context("spawn")
+    names = ["m1", "m2", "m3"]
+    procs = {n: ctx.Process(target=member, args=(broker.bootstrap, n, state)) for n in names}
+    for proc in procs.values():
+        proc.start()
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        if all(len(assignment(state, n)) == 2 for n in names):
+            break
+        time.sleep(0.1)
+    assert all(len(assignment(state, n)) == 2 for n in names), \
+        [assignment(state, n) for n in names]
+
+    os.kill(procs["m3"].pid, signal.SIGKILL)
+    killed_at = time.time()
+    survivors = ["m1", "m2"]
+    while time.time() - killed_at < 30:
+        owned = sorted(sum((assignment(state, n) for n in survivors), []))
+        if owned == list(range(6)):
+            break
+        time.sleep(0.05)
+    took = time.time() - killed_at
+    assert owned == list(range(6)), owned
+    print(f"survivors owned all 6 partitions {took:.2f}s after the kill")
+    assert took <= SESSION_MS / 1000 + 3, f"survivors took {took:.1f}s to own every partition"
+
+    want = {(i % 6, i // 6) for i in range(TOTAL)}
+    deadline = time.time() + 60
+    while time.time() < deadline and not want <= seen_offsets(state, names):
+        time.sleep(0.2)
+    assert want <= seen_offsets(state, names), "not every message was consumed"
+
+    open(os.path.join(state, "stop"), "w").close()
+    for n in survivors:
+        procs[n].join(30)
+        assert procs[n].exitcode == 0
+
+    # Committed offsets survive a broker restart, and a new member starts from them.
+    assert broker.stop() == 0
+    broker.start()
+    p = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(600):
+        p.produce("work", value=f"late-{i}".encode(), partition=i % 6)
+    assert p.flush(15) == 0
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "workers",
+                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c.subscribe(["work"])
+    got = []
+    deadline = time.time() + 30
+    while len(got) < 600 and time.time() < deadline:
+        for m in c.consume(1000, 0.5):
+            if m.error() is None:
+                got.append(m.value())
+    time.sleep(1)
+    got += [m.value() for m in c.consume(1000, 1.0) if m.error() is None]
+    c.close()
+    assert sorted(got) == sorted(f"late-{i}".encode() for i in range(600)), \
+        f"{len(got)} messages; the first: {got[:3]}"
+
+
+def test_kafka_python_group_consumer(broker):
+    from kafka import KafkaConsumer, KafkaProducer
+    producer = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    for i in range(500):
+        producer.send("kpg", value=f"{i}".encode())
+    producer.flush()
+    producer.close()
+    c = KafkaConsumer("kpg", bootstrap_servers=broker.bootstrap, group_id="kp-group",
+                      auto_offset_reset="earliest", enable_auto_commit=False,
+                      consumer_timeout_ms=8000)
+    values = [m.value for m in c]
+    assert sorted(int(v) for v in values) == list(range(500))
+    c.commit()
+    tp = next(iter(c.assignment()))
+    assert c.committed(tp) == 500
+    c.close()
