@@ -46,13 +46,16 @@ if ! command -v kcat >/dev/null; then
         exit 1
     fi
 fi
-if [ ! -x .venv/bin/pytest ] || ! .venv/bin/pip freeze | grep -qx -f tests/kafka/requirements.txt; then
-    python3 -m venv .venv
-    .venv/bin/pip install -q -r tests/kafka/requirements.txt
-fi
+[ -x .venv/bin/pip ] || python3 -m venv .venv
+.venv/bin/pip install -q -r tests/kafka/requirements.txt
 py_log="$(mktemp)"
 trap 'rm -f "$test_log" "$py_log"' EXIT
 (cd tests/kafka && ../../.venv/bin/pytest -q) 2>&1 | tee "$py_log"
 py_passed=$(grep -Eo '([0-9]+) passed' "$py_log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
+
+echo "== kafka-python's own integration suite"
+bash tools/kafka_python_suite.sh 2>&1 | tee "$py_log"
+kp_passed=$(grep -Eo '([0-9]+) passed' "$py_log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
+py_passed=$((py_passed + kp_passed))
 
 echo "tests: $((passed + py_passed)) passed, $failed failed"

@@ -110,6 +110,9 @@ struct ServeArgs {
     /// Send fetched records with sendfile (true) or read and copy them (false) [default: true]
     #[arg(long)]
     fetch_zero_copy: Option<bool>,
+    /// group.min.session.timeout.ms [default: 6000]
+    #[arg(long)]
+    group_min_session_timeout_ms: Option<i32>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -123,6 +126,7 @@ struct ServeFile {
     num_partitions: Option<i32>,
     socket_request_max_bytes: Option<usize>,
     fetch_zero_copy: Option<bool>,
+    group_min_session_timeout_ms: Option<i32>,
     #[serde(default)]
     topic_defaults: std::collections::BTreeMap<String, String>,
 }
@@ -189,6 +193,17 @@ fn serve_config(args: ServeArgs) -> Result<sluice_net::broker::config::BrokerCon
     }
     if let Some(v) = args.fetch_zero_copy.or(file.fetch_zero_copy) {
         c.fetch_zero_copy = v;
+    }
+    if let Some(v) = args
+        .group_min_session_timeout_ms
+        .or(file.group_min_session_timeout_ms)
+    {
+        if v < 1 {
+            return Err(format!(
+                "--group-min-session-timeout-ms must be positive, got {v}"
+            ));
+        }
+        c.group_min_session_timeout_ms = v;
     }
     for (k, v) in &file.topic_defaults {
         validate_topic_config(k, v).map_err(|e| format!("topic_defaults: {e}"))?;

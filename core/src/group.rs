@@ -163,8 +163,17 @@ pub struct GroupSummary {
     pub members: Vec<MemberSummary>,
 }
 
-/// (member id, instance id, client id, host, assignment)
-pub type MemberSummary = (String, Option<String>, String, String, Vec<u8>);
+/// A member as DescribeGroups shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberSummary {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    /// The member's metadata for the group's chosen protocol (its subscription).
+    pub metadata: Vec<u8>,
+    pub assignment: Vec<u8>,
+}
 
 #[derive(Debug, Default)]
 pub struct GroupCoordinator {
@@ -543,14 +552,18 @@ impl GroupCoordinator {
             members: g
                 .members
                 .iter()
-                .map(|(id, m)| {
-                    (
-                        id.clone(),
-                        m.instance_id.clone(),
-                        m.client_id.clone(),
-                        m.client_host.clone(),
-                        m.assignment.clone(),
-                    )
+                .map(|(id, m)| MemberSummary {
+                    member_id: id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    metadata: m
+                        .protocols
+                        .iter()
+                        .find(|(p, _)| Some(p) == g.protocol_name.as_ref())
+                        .map(|(_, md)| md.clone())
+                        .unwrap_or_default(),
+                    assignment: m.assignment.clone(),
                 })
                 .collect(),
         })
@@ -922,7 +935,7 @@ mod tests {
             .unwrap()
             .members
             .into_iter()
-            .map(|m| m.0)
+            .map(|m| m.member_id)
             .collect();
         assert_eq!(ids.len(), 2);
         assert!(ids.contains(&a) && ids.contains(&e) && !ids.contains(&b));

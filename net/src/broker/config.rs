@@ -22,6 +22,8 @@ pub struct BrokerConfig {
     pub default_partitions: i32,
     /// `socket.request.max.bytes`
     pub request_bytes_max: usize,
+    /// `group.min.session.timeout.ms`: the shortest session a group member may ask for.
+    pub group_min_session_timeout_ms: i32,
     /// Send fetched records from the segment file with sendfile (true) or read and copy them
     /// (false; also re-checks every batch's CRC).
     pub fetch_zero_copy: bool,
@@ -42,6 +44,7 @@ impl Default for BrokerConfig {
             default_partitions: 1,
             request_bytes_max: 100 * 1024 * 1024,
             fetch_zero_copy: true,
+            group_min_session_timeout_ms: 6_000,
             topic_defaults: BTreeMap::new(),
         }
     }
@@ -52,6 +55,8 @@ pub struct TopicConfigDef {
     pub name: &'static str,
     pub default: &'static str,
     pub doc: &'static str,
+    /// DescribeConfigs type: 2 STRING, 3 INT, 5 LONG, 7 LIST.
+    pub kind: i8,
 }
 
 pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
@@ -59,51 +64,61 @@ pub const TOPIC_CONFIGS: &[TopicConfigDef] = &[
         name: "cleanup.policy",
         default: "delete",
         doc: "delete (compact is not supported yet)",
+        kind: 7,
     },
     TopicConfigDef {
         name: "retention.ms",
         default: "604800000",
         doc: "-1 keeps forever",
+        kind: 5,
     },
     TopicConfigDef {
         name: "retention.bytes",
         default: "-1",
         doc: "-1 means no size limit",
+        kind: 5,
     },
     TopicConfigDef {
         name: "segment.bytes",
         default: "1073741824",
         doc: "segment roll size",
+        kind: 3,
     },
     TopicConfigDef {
         name: "segment.ms",
         default: "604800000",
         doc: "segment roll age",
+        kind: 5,
     },
     TopicConfigDef {
         name: "max.message.bytes",
         default: "1048588",
         doc: "largest batch",
+        kind: 3,
     },
     TopicConfigDef {
         name: "message.timestamp.type",
         default: "CreateTime",
         doc: "CreateTime or LogAppendTime",
+        kind: 2,
     },
     TopicConfigDef {
         name: "flush.messages",
         default: "1",
         doc: "1: fdatasync before every acknowledgement (group commit); larger: see flush.ms",
+        kind: 5,
     },
     TopicConfigDef {
         name: "flush.ms",
         default: "9223372036854775807",
         doc: "with flush.messages > 1: fdatasync at least this often",
+        kind: 5,
     },
     TopicConfigDef {
         name: "index.interval.bytes",
         default: "4096",
         doc: "sparse index spacing",
+        kind: 3,
     },
 ];
 

@@ -36,7 +36,11 @@ pub struct GroupHome {
 
 impl GroupHome {
     /// Opens the shard's offsets log and replays it.
-    pub async fn open(data_dir: &Path, shard: usize) -> Result<GroupHome, LogError> {
+    pub async fn open(
+        data_dir: &Path,
+        shard: usize,
+        limits: GroupLimits,
+    ) -> Result<GroupHome, LogError> {
         let dir = data_dir
             .join("groups")
             .join(format!("__consumer_offsets-{shard}"));
@@ -79,7 +83,7 @@ impl GroupHome {
             }
         }
         Ok(GroupHome {
-            coordinator: RefCell::new(GroupCoordinator::new(GroupLimits::default())),
+            coordinator: RefCell::new(GroupCoordinator::new(limits)),
             waiters: RefCell::new(HashMap::new()),
             offsets: RefCell::new(offsets),
             log,
@@ -182,6 +186,42 @@ impl GroupHome {
             g.insert(tp, c);
         }
         Ok(())
+    }
+
+    /// DeleteGroups: an empty group and its committed offsets (tombstoned in the log).
+    pub async fn delete_group(&self, group: &str) -> Result<i16, LogError> {
+        use sluice_core::group::codes;
+        let has_offsets = self
+            .offsets
+            .borrow()
+            .get(group)
+            .is_some_and(|m| !m.is_empty());
+        let code = self.coordinator.borrow_mut().delete(group);
+        if code == codes::NON_EMPTY_GROUP || (code == codes::GROUP_ID_NOT_FOUND && !has_offsets) {
+            return Ok(code);
+        }
+        let keys: Vec<(String, i32)> = self
+            .offsets
+            .borrow()
+            .get(group)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        if !keys.is_empty() {
+            let now = wall_clock_ms();
+            let mut b = BatchBuilder::new(Compression::None, now as i64);
+            for (topic, partition) in &keys {
+                b.push(
+                    now as i64,
+                    Some(&encode_key(group, topic, *partition)),
+                    None,
+                    &[],
+                );
+            }
+            let mut bytes = b.build();
+            self.log.append(now, &mut bytes).await?;
+        }
+        self.offsets.borrow_mut().remove(group);
+        Ok(codes::NONE)
     }
 
     pub async fn close(&self) -> Result<(), LogError> {

@@ -134,7 +134,11 @@ async fn run_shard(
         let _ = ready.send(Err(format!("shard {id}: cannot open partitions: {e}")));
         return;
     }
-    match groups::GroupHome::open(&shard.shared.config.data_dir, id).await {
+    let limits = sluice_core::group::GroupLimits {
+        session_timeout_ms_min: shard.shared.config.group_min_session_timeout_ms,
+        ..Default::default()
+    };
+    match groups::GroupHome::open(&shard.shared.config.data_dir, id, limits).await {
         Ok(home) => {
             let home = std::rc::Rc::new(home);
             *shard.groups.borrow_mut() = Some(home.clone());

@@ -5,6 +5,7 @@
 use std::rc::Rc;
 
 use bytes::Bytes;
+use kafka_protocol::messages::delete_groups_response::DeletableGroupResult;
 use kafka_protocol::messages::describe_groups_response::{DescribedGroup, DescribedGroupMember};
 use kafka_protocol::messages::find_coordinator_response::Coordinator;
 use kafka_protocol::messages::join_group_response::JoinGroupResponseMember;
@@ -508,19 +509,43 @@ pub async fn describe_groups(
                 d.members = sm
                     .members
                     .into_iter()
-                    .map(|(id, instance, client, host, assignment)| {
+                    .map(|ms| {
                         let mut m = DescribedGroupMember::default();
-                        m.member_id = sb(&id);
-                        m.group_instance_id = instance.as_deref().map(sb);
-                        m.client_id = sb(&client);
-                        m.client_host = sb(&host);
-                        m.member_assignment = Bytes::from(assignment);
+                        m.member_id = sb(&ms.member_id);
+                        m.group_instance_id = ms.instance_id.as_deref().map(sb);
+                        m.client_id = sb(&ms.client_id);
+                        m.client_host = sb(&ms.client_host);
+                        m.member_metadata = Bytes::from(ms.metadata);
+                        m.member_assignment = Bytes::from(ms.assignment);
                         m
                     })
                     .collect();
             }
         }
         r.groups.push(d);
+    }
+    r
+}
+
+pub async fn delete_groups(shard: &Rc<Shard>, req: DeleteGroupsRequest) -> DeleteGroupsResponse {
+    let mut r = DeleteGroupsResponse::default();
+    for g in &req.groups_names {
+        let group = g.0.as_str().to_string();
+        let gid = group.clone();
+        let code = shard
+            .submit_to(shard.group_owner(&group), move |s| {
+                Box::pin(async move {
+                    s.group_home().delete_group(&gid).await.unwrap_or_else(|e| {
+                        eprintln!("sluice: deleting group {gid} failed: {e}");
+                        ec::KAFKA_STORAGE_ERROR
+                    })
+                })
+            })
+            .await;
+        let mut d = DeletableGroupResult::default();
+        d.group_id = g.clone();
+        d.error_code = code;
+        r.results.push(d);
     }
     r
 }

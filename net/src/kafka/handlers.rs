@@ -67,6 +67,7 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetFetch, 1, 8),
     (ApiKey::ListGroups, 0, 4),
     (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
 ];
 
 pub fn supports(key: ApiKey, version: i16) -> bool {
@@ -157,7 +158,7 @@ pub async fn handle(
             ResponseKind::OffsetForLeaderEpoch(offset_for_leader_epoch(shard, r).await)
         }
         RequestKind::DescribeConfigs(r) => {
-            ResponseKind::DescribeConfigs(describe_configs(shard, r))
+            ResponseKind::DescribeConfigs(describe_configs(shard, r, version))
         }
         RequestKind::IncrementalAlterConfigs(r) => {
             ResponseKind::IncrementalAlterConfigs(incremental_alter_configs(shard, r).await)
@@ -184,6 +185,9 @@ pub async fn handle(
         }
         RequestKind::OffsetFetch(r) => {
             ResponseKind::OffsetFetch(groups::offset_fetch(shard, r, version).await)
+        }
+        RequestKind::DeleteGroups(r) => {
+            ResponseKind::DeleteGroups(groups::delete_groups(shard, r).await)
         }
         RequestKind::ListGroups(_) => ResponseKind::ListGroups(groups::list_groups(shard).await),
         RequestKind::DescribeGroups(r) => {
@@ -946,7 +950,11 @@ async fn offset_for_leader_epoch(
     r
 }
 
-fn describe_configs(shard: &Rc<Shard>, req: DescribeConfigsRequest) -> DescribeConfigsResponse {
+fn describe_configs(
+    shard: &Rc<Shard>,
+    req: DescribeConfigsRequest,
+    version: i16,
+) -> DescribeConfigsResponse {
     const TOPIC: i8 = 2;
     const BROKER: i8 = 4;
     let meta = shard.metadata();
@@ -976,6 +984,9 @@ fn describe_configs(shard: &Rc<Shard>, req: DescribeConfigsRequest) -> DescribeC
                         c.value = Some(sb(value));
                         // 1 dynamic topic config, 5 default config.
                         c.config_source = if is_default { 5 } else { 1 };
+                        if version >= 3 {
+                            c.config_type = d.kind;
+                        }
                         if req.include_documentation {
                             c.documentation = Some(sb(d.doc));
                         }
@@ -985,24 +996,42 @@ fn describe_configs(shard: &Rc<Shard>, req: DescribeConfigsRequest) -> DescribeC
             },
             BROKER => {
                 let cfg = &shard.shared.config;
+                let listener = format!("PLAINTEXT://{}", cfg.kafka_listen);
+                let advertised = format!(
+                    "PLAINTEXT://{}:{}",
+                    cfg.advertised_host, cfg.advertised_port
+                );
                 let entries = [
+                    ("advertised.listeners", advertised, 2),
+                    ("listeners", listener, 2),
                     (
                         "auto.create.topics.enable",
                         cfg.auto_create_topics.to_string(),
+                        1,
                     ),
-                    ("num.partitions", cfg.default_partitions.to_string()),
+                    ("num.partitions", cfg.default_partitions.to_string(), 3),
                     (
                         "socket.request.max.bytes",
                         cfg.request_bytes_max.to_string(),
+                        3,
                     ),
-                    ("node.id", cfg.node_id.to_string()),
+                    ("node.id", cfg.node_id.to_string(), 3),
+                    ("log.dirs", cfg.data_dir.display().to_string(), 2),
+                    (
+                        "group.min.session.timeout.ms",
+                        cfg.group_min_session_timeout_ms.to_string(),
+                        3,
+                    ),
                 ];
-                for (name, value) in entries.iter().filter(|(n, _)| wanted(n)) {
+                for (name, value, kind) in entries.iter().filter(|(n, _, _)| wanted(n)) {
                     let mut c = DescribeConfigsResourceResult::default();
                     c.name = sb(name);
                     c.value = Some(sb(value));
                     c.read_only = true;
                     c.config_source = 4; // static broker config
+                    if version >= 3 {
+                        c.config_type = *kind;
+                    }
                     out.configs.push(c);
                 }
             }
