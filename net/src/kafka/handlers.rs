@@ -313,28 +313,8 @@ type FetchPart = (usize, String, i32, i64, i32);
 
 async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceResponse> {
     let acks = req.acks;
-    let mut r = ProduceResponse::default();
     if acks != 0 && acks != 1 && acks != -1 {
-        r.responses = req
-            .topic_data
-            .iter()
-            .map(|t| {
-                let mut tr = TopicProduceResponse::default();
-                tr.name = t.name.clone();
-                tr.partition_responses = t
-                    .partition_data
-                    .iter()
-                    .map(|p| {
-                        let mut pr = PartitionProduceResponse::default();
-                        pr.index = p.index;
-                        pr.error_code = ec::INVALID_REQUIRED_ACKS;
-                        pr
-                    })
-                    .collect();
-                tr
-            })
-            .collect();
-        return Some(r);
+        return Some(error_produce_response(&req, ec::INVALID_REQUIRED_ACKS));
     }
     if req.transactional_id.is_some() {
         // Transactions are not supported yet: refuse rather than pretend.
@@ -386,27 +366,7 @@ async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceRespon
     if acks == 0 {
         return None;
     }
-    r.responses = req
-        .topic_data
-        .iter()
-        .map(|t| {
-            let mut tr = TopicProduceResponse::default();
-            tr.name = t.name.clone();
-            tr.partition_responses = t
-                .partition_data
-                .iter()
-                .map(|p| {
-                    let mut pr = PartitionProduceResponse::default();
-                    pr.index = p.index;
-                    pr.base_offset = -1;
-                    pr.log_append_time_ms = -1;
-                    pr.log_start_offset = -1;
-                    pr
-                })
-                .collect();
-            tr
-        })
-        .collect();
+    let mut r = error_produce_response(&req, ec::NONE);
     for (ti, pi, res) in results {
         let pr = &mut r.responses[ti].partition_responses[pi];
         match res {
@@ -421,6 +381,7 @@ async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceRespon
     Some(r)
 }
 
+/// A produce response with every partition in request order set to `code` (offsets unknown).
 fn error_produce_response(req: &ProduceRequest, code: i16) -> ProduceResponse {
     let mut r = ProduceResponse::default();
     r.responses = req
@@ -437,6 +398,8 @@ fn error_produce_response(req: &ProduceRequest, code: i16) -> ProduceResponse {
                     pr.index = p.index;
                     pr.error_code = code;
                     pr.base_offset = -1;
+                    pr.log_append_time_ms = -1;
+                    pr.log_start_offset = -1;
                     pr
                 })
                 .collect();
