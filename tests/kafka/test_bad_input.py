@@ -4,6 +4,8 @@ bad batches get Kafka's error codes, and other clients are undisturbed."""
 import socket
 import struct
 
+import pytest
+
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
@@ -96,13 +98,21 @@ def test_corrupt_batches_and_unknown_topics_get_error_codes(broker):
     assert api_versions_ok(broker)
 
 
-def test_unserved_apis_are_refused_cleanly(broker):
-    """Transactions come later; until then EndTxn gets UNSUPPORTED_VERSION rather than a
-    dropped connection."""
-    s = raw(broker)
+UNSERVED = {
     # EndTxn v0: transactional_id "t", producer_id 1, epoch 0, committed true
-    body = struct.pack(">hhih", 26, 0, 77, -1) + struct.pack(">h", 1) + b"t"
-    body += struct.pack(">qhb", 1, 0, 1)
+    "EndTxn": struct.pack(">hhih", 26, 0, 77, -1) + struct.pack(">h", 1) + b"t"
+    + struct.pack(">qhb", 1, 0, 1),
+    # DescribeAcls v1: any resource, any name, pattern ANY, any principal/host/op/permission
+    "DescribeAcls": struct.pack(">hhih", 29, 1, 77, -1) + struct.pack(">bhbhhbb", 1, -1, 1, -1, -1, 1, 1),
+}
+
+
+@pytest.mark.parametrize("api", sorted(UNSERVED))
+def test_unserved_apis_are_refused_cleanly(broker, api):
+    """Transactions and ACLs come later; until then their requests get UNSUPPORTED_VERSION
+    rather than a dropped connection."""
+    s = raw(broker)
+    body = UNSERVED[api]
     s.sendall(struct.pack(">i", len(body)) + body)
     size = struct.unpack(">i", s.recv(4))[0]
     data = s.recv(size)

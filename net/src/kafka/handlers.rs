@@ -76,9 +76,10 @@ pub fn supports(key: ApiKey, version: i16) -> bool {
         .any(|&(k, min, max)| k == key && (min..=max).contains(&version))
 }
 
-/// An UNSUPPORTED_VERSION answer for APIs Sluice does not serve yet but whose response has a
-/// top-level error code (the group, transaction and SASL APIs clients may try). `None` for the
-/// rest: their connection is closed instead.
+/// An UNSUPPORTED_VERSION answer for APIs Sluice does not serve (or versions it does not) whose
+/// response has a top-level error code — every client-facing API but a few. `None` for the rest
+/// (broker-to-controller APIs, and responses with only per-item errors): their connection is
+/// closed, as Kafka does.
 pub fn unsupported_response(key: ApiKey, _version: i16) -> Option<ResponseKind> {
     macro_rules! refuse {
         ($($api:ident => $resp:ident),* $(,)?) => {
@@ -107,6 +108,26 @@ pub fn unsupported_response(key: ApiKey, _version: i16) -> Option<ResponseKind> 
         SaslHandshake => SaslHandshakeResponse,
         SaslAuthenticate => SaslAuthenticateResponse,
         ListTransactions => ListTransactionsResponse,
+        AddPartitionsToTxn => AddPartitionsToTxnResponse,
+        DescribeAcls => DescribeAclsResponse,
+        DescribeLogDirs => DescribeLogDirsResponse,
+        DescribeClientQuotas => DescribeClientQuotasResponse,
+        DescribeUserScramCredentials => DescribeUserScramCredentialsResponse,
+        AlterPartitionReassignments => AlterPartitionReassignmentsResponse,
+        ListPartitionReassignments => ListPartitionReassignmentsResponse,
+        ElectLeaders => ElectLeadersResponse,
+        DescribeQuorum => DescribeQuorumResponse,
+        CreateDelegationToken => CreateDelegationTokenResponse,
+        RenewDelegationToken => RenewDelegationTokenResponse,
+        ExpireDelegationToken => ExpireDelegationTokenResponse,
+        DescribeDelegationToken => DescribeDelegationTokenResponse,
+        GetTelemetrySubscriptions => GetTelemetrySubscriptionsResponse,
+        PushTelemetry => PushTelemetryResponse,
+        UpdateFeatures => UpdateFeaturesResponse,
+        ListConfigResources => ListConfigResourcesResponse,
+        ShareGroupHeartbeat => ShareGroupHeartbeatResponse,
+        ShareFetch => ShareFetchResponse,
+        ShareAcknowledge => ShareAcknowledgeResponse,
     )
 }
 
