@@ -553,24 +553,11 @@ impl<D: Disk> Log<D> {
         let mut from = from.0;
         let acked = self.readable_from(from)?;
         while from < acked {
-            let (plan, limit) = {
-                let st = self.state.borrow();
-                let Some(plan) = self.plan_read(from) else {
-                    return Ok(None);
-                };
-                let active = st.active().base
-                    == st
-                        .segments
-                        .range(..=from)
-                        .next_back()
-                        .map_or(-1, |(b, _)| *b);
-                let limit = if active {
-                    st.acked_pos(self.config.get().fsync)
-                } else {
-                    plan.limit
-                };
-                (plan, limit)
+            let Some(plan) = self.plan_read(from) else {
+                return Ok(None);
             };
+            // In the active segment only the acknowledged bytes may be sent.
+            let limit = plan.acked_limit.unwrap_or(plan.limit);
             let mut walker = HeaderWalker::new(&*plan.file, &plan.path, plan.pos, limit);
             while let Some((h, pos)) = walker.next().await? {
                 if h.base_offset >= acked {
@@ -1150,11 +1137,13 @@ impl<D: Disk> Log<D> {
     fn plan_read(&self, from: i64) -> Option<ReadPlan<D::File>> {
         let st = self.state.borrow();
         let (_, seg) = st.segments.range(..=from).next_back()?;
+        let active = seg.base == st.active().base;
         Some(ReadPlan {
             file: seg.file.clone(),
             path: segment_path(&self.dir, seg.base, "log"),
             pos: seg.index.position_for((from - seg.base) as u32) as u64,
             limit: seg.size,
+            acked_limit: active.then(|| st.acked_pos(self.config.get().fsync)),
             segment_end: seg.next_offset,
         })
     }
@@ -1225,6 +1214,8 @@ struct ReadPlan<F> {
     path: PathBuf,
     pos: u64,
     limit: u64,
+    /// For the active segment: where its acknowledged bytes end.
+    acked_limit: Option<u64>,
     segment_end: i64,
 }
 

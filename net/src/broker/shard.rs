@@ -126,6 +126,29 @@ impl Shard {
             .expect("group home opened at startup")
     }
 
+    /// Runs `f` on the partition's owner shard with the partition; UNKNOWN_TOPIC_OR_PARTITION
+    /// when that shard has no such partition.
+    pub async fn on_partition<T, F>(
+        self: &Rc<Self>,
+        topic: String,
+        index: i32,
+        f: F,
+    ) -> Result<T, i16>
+    where
+        T: Send + 'static,
+        F: FnOnce(Rc<Partition>) -> LocalFuture<Result<T, i16>> + Send + 'static,
+    {
+        self.submit_to(self.owner(&topic, index), move |s| {
+            Box::pin(async move {
+                match s.partition(&topic, index) {
+                    Some(p) => f(p).await,
+                    None => Err(crate::kafka::errors::UNKNOWN_TOPIC_OR_PARTITION),
+                }
+            })
+        })
+        .await
+    }
+
     pub fn partition(&self, topic: &str, index: i32) -> Option<Rc<Partition>> {
         self.partitions
             .borrow()

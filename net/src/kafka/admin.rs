@@ -120,21 +120,43 @@ fn check_new_topic(
     Ok(partitions)
 }
 
+/// What the owner shards do with a topic's partitions after a metadata change.
+#[derive(Clone, Copy)]
+enum OnOwner {
+    Open,
+    Drop,
+}
+
 /// Opens partitions `range` of `topic` on their owner shards.
 pub async fn open_partitions(home: &Rc<Shard>, topic: &str, range: std::ops::Range<i32>) {
-    let mut waits = Vec::new();
-    for p in range {
-        let owner = home.owner(topic, p);
+    on_owners(home, topic, range, OnOwner::Open).await
+}
+
+/// Opens or drops partitions `range` of `topic`, each on its owner shard, all at once.
+async fn on_owners(home: &Rc<Shard>, topic: &str, range: std::ops::Range<i32>, action: OnOwner) {
+    let waits = range.map(|p| {
         let name = topic.to_string();
-        waits.push(home.submit_to(owner, move |s| {
+        home.submit_to(home.owner(topic, p), move |s| {
             Box::pin(async move {
-                if let Err(e) = s.open_partition(&name, p).await {
-                    eprintln!("sluice: cannot open {name}-{p}: {e}");
+                match action {
+                    OnOwner::Open => {
+                        if let Err(e) = s.open_partition(&name, p).await {
+                            eprintln!("sluice: cannot open {name}-{p}: {e}");
+                        }
+                    }
+                    OnOwner::Drop => s.drop_partition(&name, p).await,
                 }
             })
-        }));
-    }
+        })
+    });
     futures::future::join_all(waits).await;
+}
+
+fn unknown_topic(name: &str) -> (i16, String) {
+    (
+        ec::UNKNOWN_TOPIC_OR_PARTITION,
+        format!("unknown topic '{name}'"),
+    )
 }
 
 /// Deletes topics by name (on shard 0).
@@ -151,10 +173,7 @@ pub async fn delete_topics(shard: &Rc<Shard>, names: Vec<String>) -> Vec<AdminRe
                             doomed.push((name, t.partitions));
                             results.push(Ok(()));
                         }
-                        None => results.push(Err((
-                            ec::UNKNOWN_TOPIC_OR_PARTITION,
-                            format!("unknown topic '{name}'"),
-                        ))),
+                        None => results.push(Err(unknown_topic(&name))),
                     }
                 }
                 if doomed.is_empty() {
@@ -163,17 +182,9 @@ pub async fn delete_topics(shard: &Rc<Shard>, names: Vec<String>) -> Vec<AdminRe
                 if let Err(e) = home.publish_metadata(meta) {
                     return storage_failure(results, &e);
                 }
-                let mut waits = Vec::new();
                 for (name, partitions) in doomed {
-                    for p in 0..partitions {
-                        let owner = home.owner(&name, p);
-                        let name = name.clone();
-                        waits.push(home.submit_to(owner, move |s| {
-                            Box::pin(async move { s.drop_partition(&name, p).await })
-                        }));
-                    }
+                    on_owners(&home, &name, 0..partitions, OnOwner::Drop).await;
                 }
-                futures::future::join_all(waits).await;
                 results
             })
         })
@@ -194,10 +205,7 @@ pub async fn create_partitions(
                 let mut grown = Vec::new();
                 for (name, count) in requests {
                     let r = match meta.topics.get_mut(&name) {
-                        None => Err((
-                            ec::UNKNOWN_TOPIC_OR_PARTITION,
-                            format!("unknown topic '{name}'"),
-                        )),
+                        None => Err(unknown_topic(&name)),
                         Some(t) if count <= t.partitions => Err((
                             ec::INVALID_PARTITIONS,
                             format!(
@@ -257,10 +265,7 @@ pub async fn alter_topic_configs(
                 let mut changed = Vec::new();
                 for (name, ops) in requests {
                     let Some(t) = meta.topics.get_mut(&name) else {
-                        results.push(Err((
-                            ec::UNKNOWN_TOPIC_OR_PARTITION,
-                            format!("unknown topic '{name}'"),
-                        )));
+                        results.push(Err(unknown_topic(&name)));
                         continue;
                     };
                     let mut configs = t.configs.clone();

@@ -691,11 +691,8 @@ async fn list_offsets(
                 let (n, index, ts) = (name.clone(), p.partition_index, p.timestamp);
                 jobs.push(async move {
                     let res = shard
-                        .submit_to(shard.owner(&n, index), move |s| {
+                        .on_partition(n, index, move |p| {
                             Box::pin(async move {
-                                let Some(p) = s.partition(&n, index) else {
-                                    return Err(ec::UNKNOWN_TOPIC_OR_PARTITION);
-                                };
                                 match ts {
                                     -1 => Ok((p.log.acked_end().0, -1)),
                                     -2 => Ok((p.log.start_offset().0, -1)),
@@ -918,10 +915,8 @@ async fn offset_for_leader_epoch(
             } else {
                 let (n, index) = (name.clone(), p.partition);
                 let end = shard
-                    .submit_to(shard.owner(&n, index), move |s| {
-                        Box::pin(
-                            async move { s.partition(&n, index).map(|p| p.log.end_offset().0) },
-                        )
+                    .on_partition(n, index, |p| {
+                        Box::pin(async move { Ok(p.log.end_offset().0) })
                     })
                     .await;
                 e.leader_epoch = 0;
@@ -1100,11 +1095,8 @@ async fn delete_records(shard: &Rc<Shard>, req: DeleteRecordsRequest) -> DeleteR
                 let (n, index, offset) = (name.clone(), p.partition_index, p.offset);
                 jobs.push(async move {
                     let res = shard
-                        .submit_to(shard.owner(&n, index), move |s| {
+                        .on_partition(n, index, move |p| {
                             Box::pin(async move {
-                                let Some(p) = s.partition(&n, index) else {
-                                    return Err(ec::UNKNOWN_TOPIC_OR_PARTITION);
-                                };
                                 // -1 means "up to the high watermark".
                                 let to = if offset == -1 {
                                     p.log.acked_end()
