@@ -113,6 +113,16 @@ struct ServeArgs {
     /// group.min.session.timeout.ms [default: 6000]
     #[arg(long)]
     group_min_session_timeout_ms: Option<i32>,
+    /// group.consumer.session.timeout.ms of KIP-848 groups [default: 45000]
+    #[arg(long)]
+    group_consumer_session_timeout_ms: Option<u64>,
+    /// group.consumer.heartbeat.interval.ms of KIP-848 groups [default: 5000]
+    #[arg(long)]
+    group_consumer_heartbeat_interval_ms: Option<i32>,
+    /// offsets.retention.minutes: offsets of empty groups expire this long after their commit
+    /// [default: 10080]
+    #[arg(long)]
+    offsets_retention_minutes: Option<u64>,
 }
 
 #[derive(serde::Deserialize, Default)]
@@ -127,6 +137,9 @@ struct ServeFile {
     socket_request_max_bytes: Option<usize>,
     fetch_zero_copy: Option<bool>,
     group_min_session_timeout_ms: Option<i32>,
+    group_consumer_session_timeout_ms: Option<u64>,
+    group_consumer_heartbeat_interval_ms: Option<i32>,
+    offsets_retention_minutes: Option<u64>,
     #[serde(default)]
     topic_defaults: std::collections::BTreeMap<String, String>,
 }
@@ -204,6 +217,37 @@ fn serve_config(args: ServeArgs) -> Result<sluice_net::broker::config::BrokerCon
             ));
         }
         c.group_min_session_timeout_ms = v;
+    }
+    if let Some(v) = args
+        .group_consumer_session_timeout_ms
+        .or(file.group_consumer_session_timeout_ms)
+    {
+        if v < 1 {
+            return Err("--group-consumer-session-timeout-ms must be positive".into());
+        }
+        c.group_consumer_session_timeout_ms = v;
+    }
+    if let Some(v) = args
+        .group_consumer_heartbeat_interval_ms
+        .or(file.group_consumer_heartbeat_interval_ms)
+    {
+        if v < 1 || v as u64 >= c.group_consumer_session_timeout_ms {
+            return Err(format!(
+                "--group-consumer-heartbeat-interval-ms must be positive and below the session \
+                 timeout ({} ms), got {v}",
+                c.group_consumer_session_timeout_ms
+            ));
+        }
+        c.group_consumer_heartbeat_interval_ms = v;
+    }
+    if let Some(v) = args
+        .offsets_retention_minutes
+        .or(file.offsets_retention_minutes)
+    {
+        if v < 1 {
+            return Err("--offsets-retention-minutes must be at least 1".into());
+        }
+        c.offsets_retention_ms = v * 60_000;
     }
     for (k, v) in &file.topic_defaults {
         validate_topic_config(k, v).map_err(|e| format!("topic_defaults: {e}"))?;

@@ -586,6 +586,29 @@ impl GroupCoordinator {
         v
     }
 
+    /// Topics the members of a `consumer`-type group subscribe to, read from their
+    /// ConsumerProtocolSubscription metadata (OffsetDelete refuses those).
+    pub fn subscribed_topics(&self, group_id: &str) -> Vec<String> {
+        let Some(g) = self.groups.get(group_id) else {
+            return Vec::new();
+        };
+        if g.protocol_type.as_deref() != Some("consumer") {
+            return Vec::new();
+        }
+        let mut out: Vec<String> = g
+            .members
+            .values()
+            .flat_map(|m| {
+                m.protocols
+                    .iter()
+                    .flat_map(|(_, md)| subscription_topics(md))
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Deletes an empty group (DeleteGroups).
     pub fn delete(&mut self, group_id: &str) -> i16 {
         match self.groups.get(group_id) {
@@ -773,6 +796,32 @@ fn sanitize(client_id: &str) -> String {
     } else {
         s
     }
+}
+
+/// The topic names of a ConsumerProtocolSubscription (any version: they all start with
+/// `version: i16, topics: [string]` in the non-flexible encoding). Bad bytes give what was read.
+pub fn subscription_topics(md: &[u8]) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(n) = md.get(2..6) else {
+        return out;
+    };
+    let n = i32::from_be_bytes(n.try_into().expect("4 bytes"));
+    let mut at = 6;
+    for _ in 0..n.max(0) {
+        let Some(len) = md.get(at..at + 2) else {
+            break;
+        };
+        let len = i16::from_be_bytes(len.try_into().expect("2 bytes"));
+        if len < 0 {
+            break;
+        }
+        let Some(name) = md.get(at + 2..at + 2 + len as usize) else {
+            break;
+        };
+        out.push(String::from_utf8_lossy(name).into_owned());
+        at += 2 + len as usize;
+    }
+    out
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! the CRC; see [`batch`].
 
 pub mod batch;
+pub mod consumer_group;
 pub mod error;
 pub mod group;
 pub mod offset;

@@ -1,6 +1,7 @@
-"""Consumer groups (classic protocol): three confluent-kafka members share a 6-partition topic;
-one is killed with SIGKILL and its partitions move to the survivors within session timeout + 3 s;
-a consumer that joins later resumes at the committed offsets; kafka-python's group consumer."""
+"""Consumer groups, classic protocol and KIP-848 (`group.protocol=consumer`): three
+confluent-kafka members share a 6-partition topic; one is killed with SIGKILL and its partitions
+move to the survivors within session timeout + 3 s; a consumer that joins later resumes at the
+committed offsets; kafka-python's group consumer."""
 
 import json
 import multiprocessing as mp
@@ -10,16 +11,32 @@ import time
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+import pytest
+
+from conftest import Broker
 
 TOTAL = 60_000
 SESSION_MS = 6000
 
 
-def member(bootstrap, name, state_dir):
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "workers",
-                  "auto.offset.reset": "earliest", "session.timeout.ms": SESSION_MS,
-                  "heartbeat.interval.ms": 500, "enable.auto.commit": True,
-                  "auto.commit.interval.ms": 200, "client.id": name})
+# KIP-848 members get their session and heartbeat interval from the broker.
+BROKER_FLAGS = ["--group-consumer-session-timeout-ms", str(SESSION_MS),
+                "--group-consumer-heartbeat-interval-ms", "500"]
+
+
+def consumer_config(protocol, **extra):
+    conf = {"group.id": "workers", "auto.offset.reset": "earliest", **extra}
+    if protocol == "consumer":
+        conf["group.protocol"] = "consumer"
+    else:
+        conf.update({"session.timeout.ms": SESSION_MS, "heartbeat.interval.ms": 500})
+    return conf
+
+
+def member(bootstrap, name, state_dir, protocol):
+    c = Consumer(consumer_config(protocol, **{
+        "bootstrap.servers": bootstrap, "enable.auto.commit": True,
+        "auto.commit.interval.ms": 200, "client.id": name}))
     c.subscribe(["work"])
     seen = open(os.path.join(state_dir, f"{name}.seen"), "a", buffering=1)
     stop = os.path.join(state_dir, "stop")
@@ -53,7 +70,17 @@ def seen_offsets(state_dir, names):
     return out
 
 
-def test_group_rebalances_on_member_death_and_resumes_from_commits(broker, workdir):
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])
+def test_group_rebalances_on_member_death_and_resumes_from_commits(workdir, protocol):
+    broker = Broker(workdir / "data", extra=BROKER_FLAGS).start()
+    try:
+        run_group_scenario(broker, workdir, protocol)
+    finally:
+        rc = broker.stop()
+    assert rc == 0, broker.log_tail()
+
+
+def run_group_scenario(broker, workdir, protocol):
     a = AdminClient({"bootstrap.servers": broker.bootstrap})
     a.create_topics([NewTopic("work", num_partitions=6, replication_factor=1)])["work"].result(15)
     p = Producer({"bootstrap.servers": broker.bootstrap, "linger.ms": 5})
@@ -66,7 +93,8 @@ def test_group_rebalances_on_member_death_and_resumes_from_commits(broker, workd
     state = str(workdir)
     ctx = mp.get_context("spawn")
     names = ["m1", "m2", "m3"]
-    procs = {n: ctx.Process(target=member, args=(broker.bootstrap, n, state)) for n in names}
+    procs = {n: ctx.Process(target=member, args=(broker.bootstrap, n, state, protocol))
+             for n in names}
     for proc in procs.values():
         proc.start()
     deadline = time.time() + 60
@@ -76,6 +104,12 @@ def test_group_rebalances_on_member_death_and_resumes_from_commits(broker, workd
         time.sleep(0.1)
     assert all(len(assignment(state, n)) == 2 for n in names), \
         [assignment(state, n) for n in names]
+    # The broker agrees: which protocol the group runs and who owns what.
+    d = a.describe_consumer_groups(["workers"])["workers"].result(15)
+    assert d.type.name == protocol.upper(), d.type
+    assert sorted(m.client_id for m in d.members) == names
+    owned = sorted(tp.partition for m in d.members for tp in m.assignment.topic_partitions)
+    assert owned == list(range(6)), owned
 
     os.kill(procs["m3"].pid, signal.SIGKILL)
     killed_at = time.time()
@@ -87,7 +121,7 @@ def test_group_rebalances_on_member_death_and_resumes_from_commits(broker, workd
         time.sleep(0.05)
     took = time.time() - killed_at
     assert owned == list(range(6)), owned
-    print(f"survivors owned all 6 partitions {took:.2f}s after the kill")
+    print(f"{protocol}: survivors owned all 6 partitions {took:.2f}s after the kill")
     assert took <= SESSION_MS / 1000 + 3, f"survivors took {took:.1f}s to own every partition"
 
     want = {(i % 6, i // 6) for i in range(TOTAL)}
@@ -108,8 +142,8 @@ def test_group_rebalances_on_member_death_and_resumes_from_commits(broker, workd
     for i in range(600):
         p.produce("work", value=f"late-{i}".encode(), partition=i % 6)
     assert p.flush(15) == 0
-    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "workers",
-                  "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    c = Consumer(consumer_config(protocol, **{"bootstrap.servers": broker.bootstrap,
+                                              "enable.auto.commit": False}))
     c.subscribe(["work"])
     got = []
     deadline = time.time() + 30

@@ -24,6 +24,13 @@ pub struct BrokerConfig {
     pub request_bytes_max: usize,
     /// `group.min.session.timeout.ms`: the shortest session a group member may ask for.
     pub group_min_session_timeout_ms: i32,
+    /// `group.consumer.session.timeout.ms`: KIP-848 members not heard from for this long are
+    /// removed.
+    pub group_consumer_session_timeout_ms: u64,
+    /// `group.consumer.heartbeat.interval.ms`: how often KIP-848 members heartbeat.
+    pub group_consumer_heartbeat_interval_ms: i32,
+    /// `offsets.retention.minutes`, in ms.
+    pub offsets_retention_ms: u64,
     /// Send fetched records from the segment file with sendfile (true) or read and copy them
     /// (false; also re-checks every batch's CRC).
     pub fetch_zero_copy: bool,
@@ -45,6 +52,9 @@ impl Default for BrokerConfig {
             request_bytes_max: 100 * 1024 * 1024,
             fetch_zero_copy: true,
             group_min_session_timeout_ms: 6_000,
+            group_consumer_session_timeout_ms: 45_000,
+            group_consumer_heartbeat_interval_ms: 5_000,
+            offsets_retention_ms: 7 * 24 * 3600 * 1000,
             topic_defaults: BTreeMap::new(),
         }
     }

@@ -4,16 +4,26 @@
 //! record per committed partition, last value wins — Kafka's `__consumer_offsets` idea).
 //!
 //! Offsets record: key = `group \0 topic \0 partition`, value = `offset:i64 | metadata`
-//! (a null value deletes the offset).
+//! (a null value deletes the offset); the record's timestamp is the commit time.
+//!
+//! The log is compacted by snapshot: once it holds many more records than live offsets, every
+//! live offset is appended again (in one ordered run of batches, while no commit is in flight)
+//! and the log start is moved past everything older, so whole old segments are deleted.
+//! Offsets of empty groups expire `offsets.retention.minutes` after their commit (Kafka's
+//! rule), with a tombstone.
+//!
+//! KIP-848 consumer groups ([`ConsumerGroups`]) live here too, next to the classic coordinator;
+//! a group id belongs to one or the other.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::rc::Rc;
 
 use futures::channel::oneshot;
 use sluice_core::batch::{self, BatchBuilder, Compression};
-use sluice_core::group::{Completion, GroupCoordinator, GroupLimits, Reply, Ticket};
+use sluice_core::consumer_group::{ConsumerGroupConfig, ConsumerGroups, TopicView};
+use sluice_core::group::{Completion, GroupCoordinator, GroupLimits, GroupState, Reply, Ticket};
 use sluice_core::Offset;
 use sluice_storage::{wall_clock_ms, DmaDisk, Log, LogConfig, LogError};
 
@@ -22,6 +32,39 @@ use sluice_storage::{wall_clock_ms, DmaDisk, Log, LogConfig, LogError};
 pub struct Committed {
     pub offset: i64,
     pub metadata: String,
+    /// Wall-clock time of the commit (retention counts from it).
+    pub commit_ms: u64,
+}
+
+/// How the offsets log is kept (Kafka's `offsets.*` settings).
+#[derive(Debug, Clone, Copy)]
+pub struct OffsetsConfig {
+    /// `offsets.retention.minutes`, in ms: offsets of an empty group expire this long after
+    /// their commit.
+    pub retention_ms: u64,
+    /// Compact once the log holds more than this many records beyond 2× the live offsets.
+    pub compact_slack_records: u64,
+}
+
+impl Default for OffsetsConfig {
+    fn default() -> Self {
+        OffsetsConfig {
+            retention_ms: 7 * 24 * 3600 * 1000,
+            compact_slack_records: 50_000,
+        }
+    }
+}
+
+/// The broker's topics as KIP-848 groups see them.
+pub struct MetaTopics(pub std::sync::Arc<super::metadata::Metadata>);
+
+impl TopicView for MetaTopics {
+    fn partitions(&self, topic: &str) -> Option<i32> {
+        self.0.topics.get(topic).map(|t| t.partitions)
+    }
+    fn names(&self) -> Vec<String> {
+        self.0.topics.keys().cloned().collect()
+    }
 }
 
 /// A group's committed offsets by (topic, partition).
@@ -29,9 +72,13 @@ type GroupOffsets = BTreeMap<(String, i32), Committed>;
 
 pub struct GroupHome {
     pub coordinator: RefCell<GroupCoordinator>,
+    pub consumer: RefCell<ConsumerGroups>,
     waiters: RefCell<HashMap<Ticket, oneshot::Sender<Completion>>>,
     offsets: RefCell<HashMap<String, GroupOffsets>>,
     log: Log<DmaDisk>,
+    config: OffsetsConfig,
+    /// Commits appended but not yet applied in memory (a snapshot must not start meanwhile).
+    inflight: Cell<usize>,
 }
 
 impl GroupHome {
@@ -40,18 +87,20 @@ impl GroupHome {
         data_dir: &Path,
         shard: usize,
         limits: GroupLimits,
+        consumer: ConsumerGroupConfig,
+        config: OffsetsConfig,
     ) -> Result<GroupHome, LogError> {
         let dir = data_dir
             .join("groups")
             .join(format!("__consumer_offsets-{shard}"));
-        let config = LogConfig {
-            segment_bytes_max: 64 << 20,
+        let log_config = LogConfig {
+            segment_bytes_max: 16 << 20,
             retention_ms: None,
             retention_bytes: None,
             segment_age_ms_max: None,
             ..LogConfig::default()
         };
-        let log = Log::open(DmaDisk, &dir, config, wall_clock_ms()).await?;
+        let log = Log::open(DmaDisk, &dir, log_config, wall_clock_ms()).await?;
         let mut offsets: HashMap<String, GroupOffsets> = HashMap::new();
         let mut from = log.start_offset();
         while from < log.acked_end() {
@@ -69,7 +118,11 @@ impl GroupHome {
                     let Some((group, tp)) = r.key.as_deref().and_then(decode_key) else {
                         continue;
                     };
-                    match r.value.as_deref().and_then(decode_value) {
+                    match r
+                        .value
+                        .as_deref()
+                        .and_then(|v| decode_value(v, r.timestamp.max(0) as u64))
+                    {
                         Some(c) => {
                             offsets.entry(group).or_default().insert(tp, c);
                         }
@@ -84,9 +137,12 @@ impl GroupHome {
         }
         Ok(GroupHome {
             coordinator: RefCell::new(GroupCoordinator::new(limits)),
+            consumer: RefCell::new(ConsumerGroups::new(consumer)),
             waiters: RefCell::new(HashMap::new()),
             offsets: RefCell::new(offsets),
             log,
+            config,
+            inflight: Cell::new(0),
         })
     }
 
@@ -123,13 +179,123 @@ impl GroupHome {
         }
     }
 
-    /// Session timeouts and rebalance deadlines: run every 100 ms on the home shard.
-    pub async fn run_timers(self: Rc<Self>, stopped: impl Fn() -> bool) {
+    /// Session timeouts and rebalance deadlines every 100 ms on the home shard; offset expiry
+    /// and log compaction every 10 s.
+    pub async fn run_timers(
+        self: Rc<Self>,
+        stopped: impl Fn() -> bool,
+        topics: impl Fn() -> MetaTopics,
+    ) {
+        let mut last_upkeep = wall_clock_ms();
         while !stopped() {
             glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
-            self.coordinator.borrow_mut().tick(wall_clock_ms());
+            let now = wall_clock_ms();
+            self.coordinator.borrow_mut().tick(now);
+            self.consumer.borrow_mut().tick(now, &topics());
             self.dispatch();
+            if now.saturating_sub(last_upkeep) >= 10_000 {
+                last_upkeep = now;
+                if let Err(e) = self.upkeep(now).await {
+                    eprintln!("sluice: offsets log upkeep failed: {e}");
+                }
+            }
         }
+    }
+
+    /// Expires offsets of empty groups, then compacts the log if it is worth it.
+    pub async fn upkeep(&self, now_ms: u64) -> Result<(), LogError> {
+        self.expire_offsets(now_ms).await?;
+        self.compact(now_ms).await?;
+        Ok(())
+    }
+
+    /// A group with no members in either protocol.
+    pub fn is_empty_group(&self, group: &str) -> bool {
+        let classic = self.coordinator.borrow().state(group);
+        matches!(
+            classic,
+            None | Some(GroupState::Empty) | Some(GroupState::Dead)
+        ) && self.consumer.borrow().is_empty_group(group)
+    }
+
+    async fn expire_offsets(&self, now_ms: u64) -> Result<(), LogError> {
+        let retention = self.config.retention_ms;
+        let expired: Vec<(String, Vec<(String, i32)>)> = self
+            .offsets
+            .borrow()
+            .iter()
+            .filter(|(g, _)| self.is_empty_group(g))
+            .map(|(g, m)| {
+                let old: Vec<(String, i32)> = m
+                    .iter()
+                    .filter(|(_, c)| c.commit_ms.saturating_add(retention) <= now_ms)
+                    .map(|(tp, _)| tp.clone())
+                    .collect();
+                (g.clone(), old)
+            })
+            .filter(|(_, old)| !old.is_empty())
+            .collect();
+        for (group, keys) in expired {
+            self.delete_offsets(&group, &keys).await?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites every live offset at the end of the log and drops everything before it, once
+    /// the log holds far more records than live offsets.
+    pub async fn compact(&self, now_ms: u64) -> Result<bool, LogError> {
+        let live: usize = self.offsets.borrow().values().map(|m| m.len()).sum();
+        let held = (self.log.end_offset().0 - self.log.start_offset().0).max(0) as u64;
+        if held <= 2 * live as u64 + self.config.compact_slack_records || self.inflight.get() > 0 {
+            return Ok(false);
+        }
+        // Built and queued without yielding: no commit can land between the snapshot's batches,
+        // and none is in flight (its value would be missing from the snapshot).
+        let start = self.log.end_offset();
+        let mut batches = Vec::new();
+        {
+            let offsets = self.offsets.borrow();
+            let mut b = BatchBuilder::new(Compression::None, now_ms as i64);
+            let mut n = 0;
+            for (group, m) in offsets.iter() {
+                for ((topic, partition), c) in m {
+                    let mut value = c.offset.to_be_bytes().to_vec();
+                    value.extend_from_slice(c.metadata.as_bytes());
+                    b.push(
+                        c.commit_ms as i64,
+                        Some(&encode_key(group, topic, *partition)),
+                        Some(&value),
+                        &[],
+                    );
+                    n += 1;
+                    if n == 2000 {
+                        batches.push(b.build());
+                        b = BatchBuilder::new(Compression::None, now_ms as i64);
+                        n = 0;
+                    }
+                }
+            }
+            if n > 0 {
+                batches.push(b.build());
+            }
+        }
+        let appends = batches
+            .iter_mut()
+            .map(|bytes| self.log.append(now_ms, bytes));
+        for r in futures::future::join_all(appends).await {
+            r?;
+        }
+        self.log.delete_records_before(start).await?;
+        Ok(true)
+    }
+
+    /// The offsets log's (start, end) offsets and segment count.
+    pub fn log_extent(&self) -> (i64, i64, usize) {
+        (
+            self.log.start_offset().0,
+            self.log.end_offset().0,
+            self.log.segment_count(),
+        )
     }
 
     pub fn committed(&self, group: &str, topic: &str, partition: i32) -> Option<Committed> {
@@ -166,6 +332,17 @@ impl GroupHome {
         if commits.is_empty() {
             return Ok(());
         }
+        self.inflight.set(self.inflight.get() + 1);
+        let result = self.commit_inner(group, commits).await;
+        self.inflight.set(self.inflight.get() - 1);
+        result
+    }
+
+    async fn commit_inner(
+        &self,
+        group: &str,
+        commits: Vec<((String, i32), Committed)>,
+    ) -> Result<(), LogError> {
         let now = wall_clock_ms();
         let mut b = BatchBuilder::new(Compression::None, now as i64);
         for ((topic, partition), c) in &commits {
@@ -182,7 +359,8 @@ impl GroupHome {
         self.log.append(now, &mut bytes).await?;
         let mut offsets = self.offsets.borrow_mut();
         let g = offsets.entry(group.to_string()).or_default();
-        for (tp, c) in commits {
+        for (tp, mut c) in commits {
+            c.commit_ms = now;
             g.insert(tp, c);
         }
         Ok(())
@@ -196,7 +374,11 @@ impl GroupHome {
             .borrow()
             .get(group)
             .is_some_and(|m| !m.is_empty());
-        let code = self.coordinator.borrow_mut().delete(group);
+        let code = if self.consumer.borrow().contains(group) {
+            self.consumer.borrow_mut().delete(group)
+        } else {
+            self.coordinator.borrow_mut().delete(group)
+        };
         if code == codes::NON_EMPTY_GROUP || (code == codes::GROUP_ID_NOT_FOUND && !has_offsets) {
             return Ok(code);
         }
@@ -206,22 +388,45 @@ impl GroupHome {
             .get(group)
             .map(|m| m.keys().cloned().collect())
             .unwrap_or_default();
-        if !keys.is_empty() {
-            let now = wall_clock_ms();
-            let mut b = BatchBuilder::new(Compression::None, now as i64);
-            for (topic, partition) in &keys {
-                b.push(
-                    now as i64,
-                    Some(&encode_key(group, topic, *partition)),
-                    None,
-                    &[],
-                );
-            }
-            let mut bytes = b.build();
-            self.log.append(now, &mut bytes).await?;
-        }
+        self.delete_offsets(group, &keys).await?;
         self.offsets.borrow_mut().remove(group);
         Ok(codes::NONE)
+    }
+
+    /// Tombstones some of a group's offsets (OffsetDelete, expiry, group deletion).
+    pub async fn delete_offsets(
+        &self,
+        group: &str,
+        keys: &[(String, i32)],
+    ) -> Result<(), LogError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let now = wall_clock_ms();
+        let mut b = BatchBuilder::new(Compression::None, now as i64);
+        for (topic, partition) in keys {
+            b.push(
+                now as i64,
+                Some(&encode_key(group, topic, *partition)),
+                None,
+                &[],
+            );
+        }
+        let mut bytes = b.build();
+        self.inflight.set(self.inflight.get() + 1);
+        let r = self.log.append(now, &mut bytes).await;
+        self.inflight.set(self.inflight.get() - 1);
+        r?;
+        let mut offsets = self.offsets.borrow_mut();
+        if let Some(m) = offsets.get_mut(group) {
+            for k in keys {
+                m.remove(k);
+            }
+            if m.is_empty() {
+                offsets.remove(group);
+            }
+        }
+        Ok(())
     }
 
     pub async fn close(&self) -> Result<(), LogError> {
@@ -242,8 +447,12 @@ fn decode_key(key: &[u8]) -> Option<(String, (String, i32))> {
     Some((group, (topic, partition)))
 }
 
-fn decode_value(value: &[u8]) -> Option<Committed> {
+fn decode_value(value: &[u8], commit_ms: u64) -> Option<Committed> {
     let offset = i64::from_be_bytes(value.get(0..8)?.try_into().ok()?);
     let metadata = String::from_utf8_lossy(&value[8..]).into_owned();
-    Some(Committed { offset, metadata })
+    Some(Committed {
+        offset,
+        metadata,
+        commit_ms,
+    })
 }

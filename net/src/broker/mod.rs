@@ -138,12 +138,26 @@ async fn run_shard(
         session_timeout_ms_min: shard.shared.config.group_min_session_timeout_ms,
         ..Default::default()
     };
-    match groups::GroupHome::open(&shard.shared.config.data_dir, id, limits).await {
+    let cfg = &shard.shared.config;
+    let consumer = sluice_core::consumer_group::ConsumerGroupConfig {
+        session_timeout_ms: cfg.group_consumer_session_timeout_ms,
+        heartbeat_interval_ms: cfg.group_consumer_heartbeat_interval_ms,
+        ..Default::default()
+    };
+    let offsets = groups::OffsetsConfig {
+        retention_ms: cfg.offsets_retention_ms,
+        ..Default::default()
+    };
+    match groups::GroupHome::open(&cfg.data_dir, id, limits, consumer, offsets).await {
         Ok(home) => {
             let home = std::rc::Rc::new(home);
             *shard.groups.borrow_mut() = Some(home.clone());
-            let s = shard.clone();
-            glommio::spawn_local(home.run_timers(move || s.stopped.get())).detach();
+            let (s, s2) = (shard.clone(), shard.clone());
+            glommio::spawn_local(home.run_timers(
+                move || s.stopped.get(),
+                move || groups::MetaTopics(s2.metadata()),
+            ))
+            .detach();
         }
         Err(e) => {
             let _ = ready.send(Err(format!("shard {id}: cannot open the offsets log: {e}")));

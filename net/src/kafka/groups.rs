@@ -19,15 +19,20 @@ use kafka_protocol::messages::offset_fetch_response::{
     OffsetFetchResponseTopic, OffsetFetchResponseTopics,
 };
 use kafka_protocol::messages::*;
-use sluice_core::group::{codes, Completion, GroupState, JoinRequest};
+use sluice_core::consumer_group::{
+    Assignment, HeartbeatRequest as HeartbeatReq, HeartbeatResponse as HeartbeatResp,
+};
+use sluice_core::group::{codes, Completion, GroupState, JoinRequest, JoinResponse};
 use sluice_storage::wall_clock_ms;
 
 use super::errors as ec;
 use super::handlers::sb;
-use crate::broker::groups::Committed;
+use crate::broker::groups::{Committed, MetaTopics};
+use crate::broker::metadata::Metadata;
 use crate::broker::shard::Shard;
 
 const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
 
 /// Topics and partitions an OffsetFetch asks about (`None`: all the group has).
 type TopicAsks = Vec<(String, Vec<i32>)>;
@@ -114,6 +119,17 @@ pub async fn join_group(
         .submit_to(shard.group_owner(&group), move |s| {
             Box::pin(async move {
                 let home = s.group_home();
+                if !home.consumer.borrow().is_empty_group(&join.group_id) {
+                    return Some(JoinResponse {
+                        error_code: codes::INCONSISTENT_GROUP_PROTOCOL,
+                        generation_id: -1,
+                        protocol_type: None,
+                        protocol_name: None,
+                        leader: String::new(),
+                        member_id: join.member_id.clone(),
+                        members: Vec::new(),
+                    });
+                }
                 let reply = home.coordinator.borrow_mut().join(wall_clock_ms(), join);
                 home.answer(reply, |c| match c {
                     Completion::Join(j) => Some(j),
@@ -273,7 +289,11 @@ pub async fn leave_group(
     r
 }
 
-pub async fn offset_commit(shard: &Rc<Shard>, req: OffsetCommitRequest) -> OffsetCommitResponse {
+pub async fn offset_commit(
+    shard: &Rc<Shard>,
+    req: OffsetCommitRequest,
+    version: i16,
+) -> OffsetCommitResponse {
     let group = req.group_id.0.as_str().to_string();
     let member = req.member_id.as_str().to_string();
     let generation = req.generation_id_or_member_epoch;
@@ -298,6 +318,7 @@ pub async fn offset_commit(shard: &Rc<Shard>, req: OffsetCommitRequest) -> Offse
                             .as_ref()
                             .map(|m| m.as_str().to_string())
                             .unwrap_or_default(),
+                        commit_ms: 0,
                     },
                 ));
             }
@@ -309,10 +330,19 @@ pub async fn offset_commit(shard: &Rc<Shard>, req: OffsetCommitRequest) -> Offse
         .submit_to(shard.group_owner(&group), move |s| {
             Box::pin(async move {
                 let home = s.group_home();
-                let code = home
-                    .coordinator
-                    .borrow_mut()
-                    .validate_commit(&group, &member, generation);
+                let consumer_group = home.consumer.borrow().contains(&group);
+                let code = if !consumer_group {
+                    home.coordinator
+                        .borrow_mut()
+                        .validate_commit(&group, &member, generation)
+                } else if version < 9 && !(member.is_empty() && generation < 0) {
+                    // Members of a KIP-848 group commit with their member epoch (v9+).
+                    ec::UNSUPPORTED_VERSION
+                } else {
+                    home.consumer
+                        .borrow()
+                        .validate_commit(&group, &member, generation)
+                };
                 if code != codes::NONE {
                     return code;
                 }
@@ -342,7 +372,9 @@ pub async fn offset_fetch(
     version: i16,
 ) -> OffsetFetchResponse {
     // v8+ asks for several groups at once; older versions for one.
-    let asks: Vec<(String, Option<TopicAsks>)> = if version >= 8 {
+    // v9: a KIP-848 member names itself and its epoch, which must be current.
+    type Member = Option<(String, i32)>;
+    let asks: Vec<(String, Option<TopicAsks>, Member)> = if version >= 8 {
         req.groups
             .iter()
             .map(|g| {
@@ -353,6 +385,10 @@ pub async fn offset_fetch(
                             .map(|t| (t.name.0.as_str().to_string(), t.partition_indexes.clone()))
                             .collect()
                     }),
+                    g.member_id
+                        .as_ref()
+                        .filter(|_| version >= 9)
+                        .map(|m| (m.as_str().to_string(), g.member_epoch)),
                 )
             })
             .collect()
@@ -364,16 +400,25 @@ pub async fn offset_fetch(
                     .map(|t| (t.name.0.as_str().to_string(), t.partition_indexes.clone()))
                     .collect()
             }),
+            None,
         )]
     };
     let mut results = Vec::new();
-    for (group, topics) in asks {
+    for (group, topics, member) in asks {
         let g = group.clone();
-        let found: Found = shard
+        let found: Result<Found, i16> = shard
             .submit_to(shard.group_owner(&group), move |s| {
                 Box::pin(async move {
                     let home = s.group_home();
-                    match topics {
+                    if let Some((member, epoch)) = member {
+                        if home.consumer.borrow().contains(&g) {
+                            let code = home.consumer.borrow().validate_fetch(&g, &member, epoch);
+                            if code != codes::NONE {
+                                return Err(code);
+                            }
+                        }
+                    }
+                    Ok(match topics {
                         None => home
                             .committed_all(&g)
                             .into_iter()
@@ -387,7 +432,7 @@ pub async fn offset_fetch(
                                 ((t, p), c)
                             })
                             .collect(),
-                    }
+                    })
                 })
             })
             .await;
@@ -408,6 +453,14 @@ pub async fn offset_fetch(
         for (group, found) in results {
             let mut g = OffsetFetchResponseGroup::default();
             g.group_id = GroupId(sb(&group));
+            let found = match found {
+                Ok(f) => f,
+                Err(code) => {
+                    g.error_code = code;
+                    r.groups.push(g);
+                    continue;
+                }
+            };
             for (t, ps) in group_topics(&found) {
                 let mut tr = OffsetFetchResponseTopics::default();
                 tr.name = TopicName(sb(&t));
@@ -423,6 +476,7 @@ pub async fn offset_fetch(
             r.groups.push(g);
         }
     } else if let Some((_, found)) = results.into_iter().next() {
+        let found = found.unwrap_or_default();
         for (t, ps) in group_topics(&found) {
             let mut tr = OffsetFetchResponseTopic::default();
             tr.name = TopicName(sb(&t));
@@ -449,36 +503,47 @@ fn state_name(s: GroupState) -> &'static str {
     }
 }
 
-pub async fn list_groups(shard: &Rc<Shard>) -> ListGroupsResponse {
+pub async fn list_groups(shard: &Rc<Shard>, req: ListGroupsRequest) -> ListGroupsResponse {
     let mut waits = Vec::new();
     for target in 0..shard.shards() {
         waits.push(shard.submit_to(target, |s| {
             Box::pin(async move {
                 let home = s.group_home();
-                let mut out: Vec<(String, String, String)> = home
+                // (group, state, protocol type, group type)
+                let mut out: Vec<(String, String, String, &'static str)> = home
                     .coordinator
                     .borrow()
                     .list()
                     .into_iter()
-                    .map(|(g, st, pt)| (g, state_name(st).to_string(), pt))
+                    .map(|(g, st, pt)| (g, state_name(st).to_string(), pt, "classic"))
                     .collect();
+                for (g, st) in home.consumer.borrow().list() {
+                    out.retain(|(id, ..)| *id != g);
+                    out.push((g, st.to_string(), "consumer".into(), "consumer"));
+                }
                 for g in home.groups_with_offsets() {
-                    if !out.iter().any(|(id, _, _)| *id == g) {
-                        out.push((g, "Empty".into(), "consumer".into()));
+                    if !out.iter().any(|(id, ..)| *id == g) {
+                        out.push((g, "Empty".into(), "consumer".into(), "classic"));
                     }
                 }
                 out
             })
         }));
     }
+    let wanted = |filter: &[kafka_protocol::protocol::StrBytes], v: &str| {
+        filter.is_empty() || filter.iter().any(|f| f.as_str().eq_ignore_ascii_case(v))
+    };
     let mut r = ListGroupsResponse::default();
     for part in futures::future::join_all(waits).await {
-        for (g, state, pt) in part {
+        for (g, state, pt, kind) in part {
+            if !wanted(&req.states_filter, &state) || !wanted(&req.types_filter, kind) {
+                continue;
+            }
             let mut lg = ListedGroup::default();
             lg.group_id = GroupId(sb(&g));
             lg.protocol_type = sb(&pt);
             lg.group_state = sb(&state);
-            lg.group_type = sb("classic");
+            lg.group_type = sb(kind);
             r.groups.push(lg);
         }
     }
@@ -493,14 +558,24 @@ pub async fn describe_groups(
     for g in &req.groups {
         let group = g.0.as_str().to_string();
         let gid = group.clone();
-        let summary = shard
+        let (summary, consumer_group) = shard
             .submit_to(shard.group_owner(&group), move |s| {
-                Box::pin(async move { s.group_home().coordinator.borrow().describe(&gid) })
+                Box::pin(async move {
+                    let home = s.group_home();
+                    let summary = home.coordinator.borrow().describe(&gid);
+                    let consumer_group = home.consumer.borrow().contains(&gid);
+                    (summary, consumer_group)
+                })
             })
             .await;
         let mut d = DescribedGroup::default();
         d.group_id = g.clone();
         match summary {
+            // As Kafka: a KIP-848 group is described by ConsumerGroupDescribe.
+            _ if consumer_group => {
+                d.error_code = codes::GROUP_ID_NOT_FOUND;
+                d.error_message = Some(sb(&format!("Group {group} is not a classic group.")));
+            }
             None => d.group_state = sb("Dead"),
             Some(sm) => {
                 d.group_state = sb(state_name(sm.state));
@@ -546,6 +621,257 @@ pub async fn delete_groups(shard: &Rc<Shard>, req: DeleteGroupsRequest) -> Delet
         d.group_id = g.clone();
         d.error_code = code;
         r.results.push(d);
+    }
+    r
+}
+
+/// Partitions by topic id (the KIP-848 wire form) → by name; unknown ids are dropped (the topic
+/// is gone, so the member cannot own it any more).
+fn assignment_by_name(
+    meta: &Metadata,
+    parts: &[consumer_group_heartbeat_request::TopicPartitions],
+) -> Assignment {
+    let mut out = Assignment::new();
+    for tp in parts {
+        if let Some((name, _)) = meta.topic_by_id(tp.topic_id) {
+            out.entry(name.clone())
+                .or_default()
+                .extend(tp.partitions.iter().copied());
+        }
+    }
+    out
+}
+
+pub async fn consumer_group_heartbeat(
+    shard: &Rc<Shard>,
+    req: ConsumerGroupHeartbeatRequest,
+    client_id: &str,
+) -> ConsumerGroupHeartbeatResponse {
+    let meta = shard.metadata();
+    let group = req.group_id.0.as_str().to_string();
+    let hb = HeartbeatReq {
+        group_id: group.clone(),
+        member_id: req.member_id.as_str().to_string(),
+        member_epoch: req.member_epoch,
+        instance_id: req.instance_id.as_ref().map(|s| s.as_str().to_string()),
+        rack_id: req.rack_id.as_ref().map(|s| s.as_str().to_string()),
+        rebalance_timeout_ms: req.rebalance_timeout_ms,
+        subscribed_topic_names: req
+            .subscribed_topic_names
+            .as_ref()
+            .map(|ts| ts.iter().map(|t| t.0.as_str().to_string()).collect()),
+        subscribed_topic_regex: req
+            .subscribed_topic_regex
+            .as_ref()
+            .map(|s| s.as_str().to_string()),
+        server_assignor: req.server_assignor.as_ref().map(|s| s.as_str().to_string()),
+        owned: req
+            .topic_partitions
+            .as_ref()
+            .map(|tps| assignment_by_name(&meta, tps)),
+        client_id: client_id.to_string(),
+        client_host: "/127.0.0.1".to_string(),
+    };
+    let answer = shard
+        .submit_to(shard.group_owner(&group), move |s| {
+            Box::pin(async move {
+                let home = s.group_home();
+                let classic = home.coordinator.borrow().state(&hb.group_id);
+                if !matches!(
+                    classic,
+                    None | Some(GroupState::Empty) | Some(GroupState::Dead)
+                ) {
+                    return HeartbeatResp {
+                        error_code: codes::GROUP_ID_NOT_FOUND,
+                        error_message: Some(format!(
+                            "Group {} is not a consumer group (it uses the classic protocol).",
+                            hb.group_id
+                        )),
+                        member_id: hb.member_id.clone(),
+                        member_epoch: hb.member_epoch,
+                        ..HeartbeatResp::default()
+                    };
+                }
+                let topics = MetaTopics(s.metadata());
+                let answer = home
+                    .consumer
+                    .borrow_mut()
+                    .heartbeat(wall_clock_ms(), &topics, hb);
+                answer
+            })
+        })
+        .await;
+    let mut r = ConsumerGroupHeartbeatResponse::default();
+    r.error_code = answer.error_code;
+    r.error_message = answer.error_message.as_deref().map(sb);
+    r.member_id = Some(sb(&answer.member_id));
+    r.member_epoch = answer.member_epoch;
+    r.heartbeat_interval_ms = answer.heartbeat_interval_ms;
+    let meta = shard.metadata();
+    r.assignment = answer.assignment.map(|a| {
+        let mut out = consumer_group_heartbeat_response::Assignment::default();
+        out.topic_partitions = a
+            .iter()
+            .filter_map(|(t, ps)| {
+                let tm = meta.topics.get(t)?;
+                let mut tp = consumer_group_heartbeat_response::TopicPartitions::default();
+                tp.topic_id = tm.id;
+                tp.partitions = ps.iter().copied().collect();
+                Some(tp)
+            })
+            .collect();
+        out
+    });
+    r
+}
+
+pub async fn consumer_group_describe(
+    shard: &Rc<Shard>,
+    req: ConsumerGroupDescribeRequest,
+) -> ConsumerGroupDescribeResponse {
+    use consumer_group_describe_response as cgd;
+    let mut r = ConsumerGroupDescribeResponse::default();
+    for g in &req.group_ids {
+        let group = g.0.as_str().to_string();
+        let gid = group.clone();
+        let (summary, classic) = shard
+            .submit_to(shard.group_owner(&group), move |s| {
+                Box::pin(async move {
+                    let home = s.group_home();
+                    let summary = home.consumer.borrow().describe(&gid);
+                    let classic = home.coordinator.borrow().state(&gid);
+                    (summary, classic)
+                })
+            })
+            .await;
+        let meta = shard.metadata();
+        let wire = |a: &Assignment| {
+            let mut out = cgd::Assignment::default();
+            out.topic_partitions = a
+                .iter()
+                .filter_map(|(t, ps)| {
+                    let tm = meta.topics.get(t)?;
+                    let mut tp = cgd::TopicPartitions::default();
+                    tp.topic_id = tm.id;
+                    tp.topic_name = TopicName(sb(t));
+                    tp.partitions = ps.iter().copied().collect();
+                    Some(tp)
+                })
+                .collect();
+            out
+        };
+        let mut d = cgd::DescribedGroup::default();
+        d.group_id = g.clone();
+        d.authorized_operations = i32::MIN;
+        match summary {
+            None => {
+                d.error_code = codes::GROUP_ID_NOT_FOUND;
+                d.error_message = Some(sb(&match classic {
+                    Some(_) => format!("Group {group} is not a consumer group."),
+                    None => format!("Group {group} not found."),
+                }));
+            }
+            Some(sm) => {
+                d.group_state = sb(sm.state);
+                d.group_epoch = sm.group_epoch;
+                d.assignment_epoch = sm.assignment_epoch;
+                d.assignor_name = sb(&sm.assignor);
+                d.members = sm
+                    .members
+                    .iter()
+                    .map(|m| {
+                        let mut o = cgd::Member::default();
+                        o.member_id = sb(&m.member_id);
+                        o.instance_id = m.instance_id.as_deref().map(sb);
+                        o.rack_id = m.rack_id.as_deref().map(sb);
+                        o.member_epoch = m.member_epoch;
+                        o.client_id = sb(&m.client_id);
+                        o.client_host = sb(&m.client_host);
+                        o.subscribed_topic_names = m
+                            .subscribed_topic_names
+                            .iter()
+                            .map(|t| TopicName(sb(t)))
+                            .collect();
+                        o.subscribed_topic_regex = m.subscribed_topic_regex.as_deref().map(sb);
+                        o.assignment = wire(&m.assignment);
+                        o.target_assignment = wire(&m.target_assignment);
+                        o.member_type = 1; // consumer protocol (0 would be classic)
+                        o
+                    })
+                    .collect();
+            }
+        }
+        r.groups.push(d);
+    }
+    r
+}
+
+pub async fn offset_delete(shard: &Rc<Shard>, req: OffsetDeleteRequest) -> OffsetDeleteResponse {
+    use offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
+    let group = req.group_id.0.as_str().to_string();
+    let asked: Vec<(String, Vec<i32>)> = req
+        .topics
+        .iter()
+        .map(|t| {
+            (
+                t.name.0.as_str().to_string(),
+                t.partitions.iter().map(|p| p.partition_index).collect(),
+            )
+        })
+        .collect();
+    let a = asked.clone();
+    let (code, subscribed) = shard
+        .submit_to(shard.group_owner(&group), move |s| {
+            Box::pin(async move {
+                let home = s.group_home();
+                let known = home.consumer.borrow().contains(&group)
+                    || home.coordinator.borrow().state(&group).is_some()
+                    || !home.committed_all(&group).is_empty();
+                if !known {
+                    return (codes::GROUP_ID_NOT_FOUND, Vec::new());
+                }
+                // Offsets of topics the group is consuming now cannot be deleted.
+                let mut subscribed: Vec<String> = Vec::new();
+                if !home.is_empty_group(&group) {
+                    subscribed.extend(home.consumer.borrow().subscribed_topics(&group));
+                    subscribed.extend(home.coordinator.borrow().subscribed_topics(&group));
+                }
+                let keys: Vec<(String, i32)> = a
+                    .iter()
+                    .filter(|(t, _)| !subscribed.contains(t))
+                    .flat_map(|(t, ps)| ps.iter().map(move |p| (t.clone(), *p)))
+                    .collect();
+                match home.delete_offsets(&group, &keys).await {
+                    Ok(()) => (codes::NONE, subscribed),
+                    Err(e) => {
+                        eprintln!("sluice: deleting offsets of group {group} failed: {e}");
+                        (ec::KAFKA_STORAGE_ERROR, subscribed)
+                    }
+                }
+            })
+        })
+        .await;
+    let mut r = OffsetDeleteResponse::default();
+    r.error_code = code;
+    if code != codes::GROUP_ID_NOT_FOUND && code != ec::KAFKA_STORAGE_ERROR {
+        let meta = shard.metadata();
+        for (t, ps) in asked {
+            let mut tr = OffsetDeleteResponseTopic::default();
+            tr.name = TopicName(sb(&t));
+            for p in ps {
+                let mut pr = OffsetDeleteResponsePartition::default();
+                pr.partition_index = p;
+                pr.error_code = if !meta.has_partition(&t, p) {
+                    ec::UNKNOWN_TOPIC_OR_PARTITION
+                } else if subscribed.contains(&t) {
+                    GROUP_SUBSCRIBED_TO_TOPIC
+                } else {
+                    ec::NONE
+                };
+                tr.partitions.push(pr);
+            }
+            r.topics.push(tr);
+        }
     }
     r
 }

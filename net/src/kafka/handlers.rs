@@ -63,11 +63,14 @@ pub const SUPPORTED: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 4),
-    (ApiKey::OffsetCommit, 2, 8),
-    (ApiKey::OffsetFetch, 1, 8),
-    (ApiKey::ListGroups, 0, 4),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
 ];
 
 pub fn supports(key: ApiKey, version: i16) -> bool {
@@ -202,7 +205,7 @@ pub async fn handle(
             ResponseKind::LeaveGroup(groups::leave_group(shard, r, version).await)
         }
         RequestKind::OffsetCommit(r) => {
-            ResponseKind::OffsetCommit(groups::offset_commit(shard, r).await)
+            ResponseKind::OffsetCommit(groups::offset_commit(shard, r, version).await)
         }
         RequestKind::OffsetFetch(r) => {
             ResponseKind::OffsetFetch(groups::offset_fetch(shard, r, version).await)
@@ -210,7 +213,16 @@ pub async fn handle(
         RequestKind::DeleteGroups(r) => {
             ResponseKind::DeleteGroups(groups::delete_groups(shard, r).await)
         }
-        RequestKind::ListGroups(_) => ResponseKind::ListGroups(groups::list_groups(shard).await),
+        RequestKind::ListGroups(r) => ResponseKind::ListGroups(groups::list_groups(shard, r).await),
+        RequestKind::ConsumerGroupHeartbeat(r) => ResponseKind::ConsumerGroupHeartbeat(
+            groups::consumer_group_heartbeat(shard, r, client_id).await,
+        ),
+        RequestKind::ConsumerGroupDescribe(r) => {
+            ResponseKind::ConsumerGroupDescribe(groups::consumer_group_describe(shard, r).await)
+        }
+        RequestKind::OffsetDelete(r) => {
+            ResponseKind::OffsetDelete(groups::offset_delete(shard, r).await)
+        }
         RequestKind::DescribeGroups(r) => {
             ResponseKind::DescribeGroups(groups::describe_groups(shard, r).await)
         }
@@ -999,6 +1011,21 @@ fn describe_configs(
                     (
                         "group.min.session.timeout.ms",
                         cfg.group_min_session_timeout_ms.to_string(),
+                        3,
+                    ),
+                    (
+                        "group.consumer.session.timeout.ms",
+                        cfg.group_consumer_session_timeout_ms.to_string(),
+                        3,
+                    ),
+                    (
+                        "group.consumer.heartbeat.interval.ms",
+                        cfg.group_consumer_heartbeat_interval_ms.to_string(),
+                        3,
+                    ),
+                    (
+                        "offsets.retention.minutes",
+                        (cfg.offsets_retention_ms / 60_000).to_string(),
                         3,
                     ),
                 ];
