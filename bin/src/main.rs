@@ -1,7 +1,11 @@
 //! `sluice`: the broker binary and its command-line tools.
 //!
 //! `sluice serve` runs the broker (see `sluice serve --help`); `sluice log append|dump` exercise
-//! and inspect one partition-log directory with the same storage code the broker uses.
+//! and inspect one partition-log directory with the same storage code the broker uses;
+//! `sluice group ls|describe` show consumer groups and their lag.
+
+mod group_cmd;
+mod kafka_client;
 
 use std::cell::Cell;
 use std::io::Write;
@@ -28,6 +32,9 @@ enum Command {
     /// Partition-log tools: write test data into a log directory, or dump one.
     #[command(subcommand)]
     Log(LogCommand),
+    /// Consumer groups: list them, or show members, committed offsets and lag.
+    #[command(subcommand)]
+    Group(group_cmd::GroupCommand),
 }
 
 #[derive(Subcommand)]
@@ -264,6 +271,7 @@ fn main() -> ExitCode {
         Command::Log(cmd) => run_local("sluice-log", log_command(cmd))
             .map_err(|e| e.to_string())
             .and_then(|r| r),
+        Command::Group(cmd) => group_cmd::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -438,7 +438,8 @@ fn encode_key(group: &str, topic: &str, partition: i32) -> Vec<u8> {
     format!("{group}\0{topic}\0{partition}").into_bytes()
 }
 
-fn decode_key(key: &[u8]) -> Option<(String, (String, i32))> {
+/// Reads an offsets-log key (disk bytes: any input gives `None` or a value, never a panic).
+pub fn decode_key(key: &[u8]) -> Option<(String, (String, i32))> {
     let s = std::str::from_utf8(key).ok()?;
     let mut parts = s.split('\0');
     let group = parts.next()?.to_string();
@@ -447,7 +448,8 @@ fn decode_key(key: &[u8]) -> Option<(String, (String, i32))> {
     Some((group, (topic, partition)))
 }
 
-fn decode_value(value: &[u8], commit_ms: u64) -> Option<Committed> {
+/// Reads an offsets-log value (disk bytes).
+pub fn decode_value(value: &[u8], commit_ms: u64) -> Option<Committed> {
     let offset = i64::from_be_bytes(value.get(0..8)?.try_into().ok()?);
     let metadata = String::from_utf8_lossy(&value[8..]).into_owned();
     Some(Committed {
@@ -455,4 +457,137 @@ fn decode_value(value: &[u8], commit_ms: u64) -> Option<Committed> {
         metadata,
         commit_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commit_one(offset: i64) -> Vec<((String, i32), Committed)> {
+        vec![(
+            ("t".to_string(), 0),
+            Committed {
+                offset,
+                metadata: format!("m{offset}"),
+                commit_ms: 0,
+            },
+        )]
+    }
+
+    #[test]
+    fn compaction_keeps_the_latest_offsets_and_moves_the_log_start() {
+        let dir = std::env::temp_dir().join(format!("sluice-offsets-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = OffsetsConfig {
+            retention_ms: u64::MAX / 4,
+            compact_slack_records: 100,
+        };
+        sluice_storage::run_local("offsets-test", async {
+            let home = GroupHome::open(
+                &dir,
+                0,
+                GroupLimits::default(),
+                ConsumerGroupConfig::default(),
+                config,
+            )
+            .await
+            .unwrap();
+            for i in 0..500 {
+                home.commit("g", commit_one(i)).await.unwrap();
+                home.commit("h", commit_one(1000 + i)).await.unwrap();
+            }
+            home.delete_offsets("h", &[("t".into(), 0)]).await.unwrap();
+            let (start, end, _) = home.log_extent();
+            assert_eq!((start, end), (0, 1001));
+            assert!(home.compact(wall_clock_ms()).await.unwrap());
+            let (start, end, _) = home.log_extent();
+            assert_eq!((start, end), (1001, 1002), "one live offset rewritten");
+            assert!(
+                !home.compact(wall_clock_ms()).await.unwrap(),
+                "nothing to gain"
+            );
+            home.commit("g", commit_one(777)).await.unwrap();
+            home.close().await.unwrap();
+        })
+        .unwrap();
+        sluice_storage::run_local("offsets-test", async {
+            let home = GroupHome::open(
+                &dir,
+                0,
+                GroupLimits::default(),
+                ConsumerGroupConfig::default(),
+                config,
+            )
+            .await
+            .unwrap();
+            assert_eq!(home.committed("g", "t", 0).unwrap().offset, 777);
+            assert_eq!(home.committed("h", "t", 0), None);
+            assert_eq!(home.log_extent().0, 1001);
+        })
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn offsets_of_empty_groups_expire_after_retention() {
+        let dir = std::env::temp_dir().join(format!("sluice-expiry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let config = OffsetsConfig {
+            retention_ms: 60_000,
+            compact_slack_records: 100,
+        };
+        sluice_storage::run_local("offsets-test", async {
+            let home = GroupHome::open(
+                &dir,
+                0,
+                GroupLimits::default(),
+                ConsumerGroupConfig::default(),
+                config,
+            )
+            .await
+            .unwrap();
+            home.commit("idle", commit_one(5)).await.unwrap();
+            // A KIP-848 group with a live member keeps its offsets however old they are.
+            let topics: BTreeMap<String, i32> = [("t".to_string(), 1)].into();
+            let r = home.consumer.borrow_mut().heartbeat(
+                wall_clock_ms(),
+                &topics,
+                sluice_core::consumer_group::HeartbeatRequest {
+                    group_id: "busy".into(),
+                    member_id: "m".into(),
+                    subscribed_topic_names: Some(vec!["t".into()]),
+                    ..Default::default()
+                },
+            );
+            assert_eq!(r.error_code, 0);
+            home.commit("busy", commit_one(9)).await.unwrap();
+            let now = wall_clock_ms();
+            home.upkeep(now + 30_000).await.unwrap();
+            assert!(home.committed("idle", "t", 0).is_some(), "not yet");
+            home.upkeep(now + 61_000).await.unwrap();
+            assert_eq!(home.committed("idle", "t", 0), None);
+            assert_eq!(home.committed("busy", "t", 0).unwrap().offset, 9);
+            home.close().await.unwrap();
+        })
+        .unwrap();
+        sluice_storage::run_local("offsets-test", async {
+            let home = GroupHome::open(
+                &dir,
+                0,
+                GroupLimits::default(),
+                ConsumerGroupConfig::default(),
+                config,
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                home.committed("idle", "t", 0),
+                None,
+                "the expiry is durable"
+            );
+            assert_eq!(home.committed("busy", "t", 0).unwrap().offset, 9);
+        })
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
