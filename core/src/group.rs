@@ -6,8 +6,6 @@
 //!
 //! States follow Kafka's `GroupMetadata`: Empty → PreparingRebalance → CompletingRebalance →
 //! Stable, and Dead once deleted.
-//!
-//! **Status:** built and unit-tested; not yet wired to the Kafka handlers (issue 4).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
