@@ -10,11 +10,15 @@
 //! the CRC; see [`batch`].
 
 pub mod batch;
+pub mod consumer;
 pub mod consumer_group;
 pub mod error;
 pub mod group;
+pub mod native;
 pub mod offset;
 pub mod producer;
+pub mod stream;
+pub mod subject;
 
 pub use batch::{BatchBuilder, BatchHeader, Compression, Record, RecordHeader, TimestampType};
 pub use error::BatchError;

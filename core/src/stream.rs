@@ -1,0 +1,600 @@
+//! A JetStream-style stream's bookkeeping, pure: which sequences are live, their subjects,
+//! sizes and times, the per-subject index, the dedup window, and the limits that decide what is
+//! removed. The messages themselves live in a partition log (file storage) or in memory; the
+//! broker asks this machine what to accept and what to remove and applies the answers.
+//!
+//! Sequences are log offsets + 1 (JetStream counts from 1). Removing a message in the middle
+//! (a work-queue ack, a per-subject limit, a purge by subject) is an *interior delete*: the log
+//! keeps the bytes until retention drops the segment, the stream forgets the sequence.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use crate::native::{Discard, PurgeRequest, Retention, StreamConfig, StreamState};
+use crate::subject;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Entry {
+    subject: u32,
+    size: u32,
+    ts_ms: i64,
+}
+
+/// Why a publish is refused, or that it is a duplicate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublishVerdict {
+    Accept,
+    /// Same message id within the duplicate window: answer with the original sequence.
+    Duplicate(u64),
+    Refuse {
+        status: u16,
+        message: String,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct Stream {
+    pub config: StreamConfig,
+    pub created_ms: i64,
+    /// Last sequence ever assigned (0: none yet).
+    last_seq: u64,
+    last_ts_ms: i64,
+    msgs: BTreeMap<u64, Entry>,
+    bytes: u64,
+    subject_ids: HashMap<Box<str>, u32>,
+    subject_names: Vec<Box<str>>,
+    /// Live sequences per subject id, ascending.
+    by_subject: Vec<VecDeque<u64>>,
+    live_subjects: u64,
+    /// msg id → (sequence, publish time); `dedup_order` expires them in time order.
+    dedup: HashMap<String, (u64, i64)>,
+    dedup_order: VecDeque<(i64, String)>,
+}
+
+/// A stream name: what JetStream allows that is also a Kafka topic name (the stream is stored as
+/// a topic of that name).
+pub fn validate_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > 200 {
+        return Err("stream name must have 1 to 200 characters".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        return Err(format!(
+            "stream name '{name}' contains '{c}' (allowed: letters, digits, '_' and '-')"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a config on its own (overlap with other streams is the caller's check).
+pub fn validate_config(c: &StreamConfig) -> Result<(), String> {
+    validate_name(&c.name)?;
+    if c.subjects.is_empty() {
+        return Err("a stream needs at least one subject".into());
+    }
+    for (i, s) in c.subjects.iter().enumerate() {
+        subject::validate_pattern(s).map_err(|e| e.0)?;
+        for t in &c.subjects[..i] {
+            if subject::overlaps(s, t) {
+                return Err(format!("subjects '{t}' and '{s}' overlap"));
+            }
+        }
+    }
+    if c.max_msgs < -1 || c.max_bytes < -1 || c.max_msgs_per_subject < -1 || c.max_msg_size < -1 {
+        return Err("limits must be -1 (unlimited) or positive".into());
+    }
+    if c.max_msgs == 0 || c.max_bytes == 0 || c.max_msgs_per_subject == 0 || c.max_msg_size == 0 {
+        return Err("a limit of 0 would refuse every message; use -1 for unlimited".into());
+    }
+    if c.max_age_ms > 0 && c.duplicate_window_ms > c.max_age_ms {
+        return Err("duplicate window cannot be longer than max age".into());
+    }
+    Ok(())
+}
+
+impl Stream {
+    pub fn new(config: StreamConfig, created_ms: i64) -> Stream {
+        Stream {
+            config,
+            created_ms,
+            ..Stream::default()
+        }
+    }
+
+    pub fn captures(&self, subject: &str) -> bool {
+        self.config
+            .subjects
+            .iter()
+            .any(|p| subject::matches(p, subject))
+    }
+
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// First live sequence, or `last_seq + 1` when empty.
+    pub fn first_seq(&self) -> u64 {
+        self.msgs
+            .keys()
+            .next()
+            .copied()
+            .unwrap_or(self.last_seq + 1)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.msgs.len() as u64
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.msgs.is_empty()
+    }
+
+    pub fn contains(&self, seq: u64) -> bool {
+        self.msgs.contains_key(&seq)
+    }
+
+    pub fn subject_of(&self, seq: u64) -> Option<&str> {
+        self.msgs
+            .get(&seq)
+            .map(|e| &*self.subject_names[e.subject as usize])
+    }
+
+    pub fn timestamp_of(&self, seq: u64) -> Option<i64> {
+        self.msgs.get(&seq).map(|e| e.ts_ms)
+    }
+
+    /// Should a publish be stored? `expected_last_seq` is JetStream's
+    /// `Nats-Expected-Last-Sequence`.
+    pub fn check_publish(
+        &mut self,
+        now_ms: i64,
+        subject: &str,
+        size: usize,
+        msg_id: Option<&str>,
+        expected_last_seq: Option<u64>,
+    ) -> PublishVerdict {
+        self.expire_dedup(now_ms);
+        if let Some(id) = msg_id {
+            if let Some((seq, _)) = self.dedup.get(id) {
+                return PublishVerdict::Duplicate(*seq);
+            }
+        }
+        if let Some(want) = expected_last_seq {
+            if want != self.last_seq {
+                return PublishVerdict::Refuse {
+                    status: crate::native::status::PRECONDITION,
+                    message: format!("wrong last sequence: {} (expected {want})", self.last_seq),
+                };
+            }
+        }
+        let c = &self.config;
+        if c.max_msg_size >= 0 && size > c.max_msg_size as usize {
+            return PublishVerdict::Refuse {
+                status: crate::native::status::TOO_LARGE,
+                message: format!(
+                    "message size {size} exceeds maximum allowed {}",
+                    c.max_msg_size
+                ),
+            };
+        }
+        if c.discard == Discard::New {
+            let full_msgs = c.max_msgs > 0 && self.len() >= c.max_msgs as u64;
+            let full_bytes = c.max_bytes > 0 && self.bytes + size as u64 > c.max_bytes as u64;
+            let full_subject = c.max_msgs_per_subject > 0
+                && self.subject_ids.get(subject).is_some_and(|id| {
+                    self.by_subject[*id as usize].len() as i64 >= c.max_msgs_per_subject
+                });
+            if full_msgs || full_bytes || full_subject {
+                return PublishVerdict::Refuse {
+                    status: crate::native::status::PRECONDITION,
+                    message: if full_bytes {
+                        "maximum bytes exceeded".into()
+                    } else if full_subject {
+                        "maximum messages per subject exceeded".into()
+                    } else {
+                        "maximum messages exceeded".into()
+                    },
+                };
+            }
+        }
+        PublishVerdict::Accept
+    }
+
+    fn intern(&mut self, subject: &str) -> u32 {
+        if let Some(id) = self.subject_ids.get(subject) {
+            return *id;
+        }
+        let id = self.subject_names.len() as u32;
+        self.subject_names.push(subject.into());
+        self.subject_ids.insert(subject.into(), id);
+        self.by_subject.push(VecDeque::new());
+        id
+    }
+
+    /// Registers a stored message at `seq` (called for new publishes and when replaying the
+    /// log at startup). Returns the sequences the limits now remove (discard old).
+    pub fn stored(
+        &mut self,
+        seq: u64,
+        subject: &str,
+        size: usize,
+        ts_ms: i64,
+        msg_id: Option<&str>,
+    ) -> Vec<u64> {
+        let id = self.intern(subject);
+        if self.by_subject[id as usize].is_empty() {
+            self.live_subjects += 1;
+        }
+        self.by_subject[id as usize].push_back(seq);
+        self.msgs.insert(
+            seq,
+            Entry {
+                subject: id,
+                size: size as u32,
+                ts_ms,
+            },
+        );
+        self.bytes += size as u64;
+        self.last_seq = self.last_seq.max(seq);
+        self.last_ts_ms = self.last_ts_ms.max(ts_ms);
+        if let Some(mid) = msg_id {
+            if self.config.duplicate_window_ms > 0 {
+                self.dedup.insert(mid.to_string(), (seq, ts_ms));
+                self.dedup_order.push_back((ts_ms, mid.to_string()));
+            }
+        }
+        let mut doomed = Vec::new();
+        let c = &self.config;
+        if c.max_msgs_per_subject > 0 {
+            let q = &self.by_subject[id as usize];
+            let over = q.len().saturating_sub(c.max_msgs_per_subject as usize);
+            doomed.extend(q.iter().take(over).copied());
+        }
+        for s in &doomed {
+            self.remove(*s);
+        }
+        if self.config.discard == Discard::Old {
+            let (max_msgs, max_bytes) = (self.config.max_msgs, self.config.max_bytes);
+            while (max_msgs > 0 && self.len() > max_msgs as u64)
+                || (max_bytes > 0 && self.bytes > max_bytes as u64 && self.len() > 1)
+            {
+                let first = *self.msgs.keys().next().expect("non-empty");
+                self.remove(first);
+                doomed.push(first);
+            }
+        }
+        doomed
+    }
+
+    /// Sets the last sequence after replay (the log may end with removed messages).
+    pub fn set_last_seq(&mut self, seq: u64) {
+        self.last_seq = self.last_seq.max(seq);
+    }
+
+    /// Forgets one message; false if it was not live.
+    pub fn remove(&mut self, seq: u64) -> bool {
+        let Some(e) = self.msgs.remove(&seq) else {
+            return false;
+        };
+        self.bytes -= e.size as u64;
+        let q = &mut self.by_subject[e.subject as usize];
+        if let Ok(i) = q.binary_search(&seq) {
+            q.remove(i);
+        }
+        if q.is_empty() {
+            self.live_subjects -= 1;
+        }
+        true
+    }
+
+    fn expire_dedup(&mut self, now_ms: i64) {
+        let window = self.config.duplicate_window_ms as i64;
+        while let Some((ts, _)) = self.dedup_order.front() {
+            if ts.saturating_add(window) > now_ms {
+                break;
+            }
+            let (_, id) = self.dedup_order.pop_front().expect("front");
+            if self
+                .dedup
+                .get(&id)
+                .is_some_and(|(_, t)| t.saturating_add(window) <= now_ms)
+            {
+                self.dedup.remove(&id);
+            }
+        }
+    }
+
+    /// Messages older than max_age, oldest first (they are removed here).
+    pub fn expire(&mut self, now_ms: i64) -> Vec<u64> {
+        self.expire_dedup(now_ms);
+        let mut out = Vec::new();
+        if self.config.max_age_ms == 0 {
+            return out;
+        }
+        let cutoff = now_ms - self.config.max_age_ms as i64;
+        while let Some((&seq, e)) = self.msgs.iter().next() {
+            if e.ts_ms > cutoff {
+                break;
+            }
+            self.remove(seq);
+            out.push(seq);
+        }
+        out
+    }
+
+    /// Removes what a purge asks for; returns the removed sequences.
+    pub fn purge(&mut self, req: &PurgeRequest) -> Vec<u64> {
+        let mut victims: Vec<u64> = if req.filter.is_empty() {
+            self.msgs.keys().copied().collect()
+        } else {
+            let ids: Vec<u32> = self.matching_subject_ids(std::slice::from_ref(&req.filter));
+            let mut v: Vec<u64> = ids
+                .iter()
+                .flat_map(|id| self.by_subject[*id as usize].iter().copied())
+                .collect();
+            v.sort_unstable();
+            v
+        };
+        if req.seq > 0 {
+            victims.retain(|s| *s < req.seq);
+        }
+        if req.keep > 0 {
+            let keep = (req.keep as usize).min(victims.len());
+            victims.truncate(victims.len() - keep);
+        }
+        for s in &victims {
+            self.remove(*s);
+        }
+        victims
+    }
+
+    fn matching_subject_ids(&self, filters: &[String]) -> Vec<u32> {
+        if filters.iter().all(|f| subject::is_literal(f)) {
+            return filters
+                .iter()
+                .filter_map(|f| self.subject_ids.get(f.as_str()).copied())
+                .collect();
+        }
+        self.subject_names
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| filters.iter().any(|f| subject::matches(f, n)))
+            .map(|(i, _)| i as u32)
+            .collect()
+    }
+
+    /// The first live sequence ≥ `from` whose subject matches one of `filters` (all subjects
+    /// if empty). Literal filters go through the subject index (cost independent of the
+    /// stream's size); wildcard filters walk the sequences.
+    pub fn next_matching(&self, from: u64, filters: &[String]) -> Option<u64> {
+        if filters.is_empty() {
+            return self.msgs.range(from..).next().map(|(s, _)| *s);
+        }
+        if filters.iter().all(|f| subject::is_literal(f)) {
+            return filters
+                .iter()
+                .filter_map(|f| self.subject_ids.get(f.as_str()))
+                .filter_map(|id| {
+                    let q = &self.by_subject[*id as usize];
+                    let i = q.partition_point(|s| *s < from);
+                    q.get(i).copied()
+                })
+                .min();
+        }
+        self.msgs
+            .range(from..)
+            .find(|(_, e)| {
+                let name = &self.subject_names[e.subject as usize];
+                filters.iter().any(|f| subject::matches(f, name))
+            })
+            .map(|(s, _)| *s)
+    }
+
+    /// Live messages ≥ `from` matching `filters` (consumer info's num_pending).
+    pub fn count_matching(&self, from: u64, filters: &[String]) -> u64 {
+        if filters.is_empty() {
+            return self.msgs.range(from..).count() as u64;
+        }
+        self.matching_subject_ids(filters)
+            .iter()
+            .map(|id| {
+                let q = &self.by_subject[*id as usize];
+                (q.len() - q.partition_point(|s| *s < from)) as u64
+            })
+            .sum()
+    }
+
+    /// The last live sequence on `subject`.
+    pub fn last_by_subject(&self, subject: &str) -> Option<u64> {
+        let id = self.subject_ids.get(subject)?;
+        self.by_subject[*id as usize].back().copied()
+    }
+
+    /// The last live sequence of every subject matching `filters`, ascending
+    /// (deliver policy last_per_subject).
+    pub fn last_per_subject(&self, filters: &[String]) -> Vec<u64> {
+        let ids: Vec<u32> = if filters.is_empty() {
+            (0..self.subject_names.len() as u32).collect()
+        } else {
+            self.matching_subject_ids(filters)
+        };
+        let mut v: Vec<u64> = ids
+            .iter()
+            .filter_map(|id| self.by_subject[*id as usize].back().copied())
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// The first live sequence with a timestamp ≥ `ts_ms`.
+    pub fn seq_at_time(&self, ts_ms: i64) -> u64 {
+        self.msgs
+            .iter()
+            .find(|(_, e)| e.ts_ms >= ts_ms)
+            .map(|(s, _)| *s)
+            .unwrap_or(self.last_seq + 1)
+    }
+
+    pub fn state(&self, subjects_filter: &str, consumer_count: u32) -> StreamState {
+        let first = self.first_seq();
+        let subjects = if subjects_filter.is_empty() {
+            Vec::new()
+        } else {
+            let mut v: Vec<(String, u64)> = self
+                .subject_names
+                .iter()
+                .enumerate()
+                .filter(|(i, n)| {
+                    !self.by_subject[*i].is_empty() && subject::matches(subjects_filter, n)
+                })
+                .map(|(i, n)| (n.to_string(), self.by_subject[i].len() as u64))
+                .collect();
+            v.sort();
+            v
+        };
+        StreamState {
+            messages: self.len(),
+            bytes: self.bytes,
+            first_seq: first,
+            first_ts_ms: self.msgs.values().next().map_or(0, |e| e.ts_ms),
+            last_seq: self.last_seq,
+            last_ts_ms: self.last_ts_ms,
+            num_deleted: (self.last_seq + 1).saturating_sub(first) - self.len(),
+            num_subjects: self.live_subjects,
+            subjects,
+            consumer_count,
+        }
+    }
+
+    /// True when the stream keeps messages only while consumers need them.
+    pub fn retention(&self) -> Retention {
+        self.config.retention
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(f: impl FnOnce(&mut StreamConfig)) -> StreamConfig {
+        let mut c = StreamConfig {
+            name: "S".into(),
+            subjects: vec!["orders.*".into()],
+            ..StreamConfig::default()
+        };
+        f(&mut c);
+        c
+    }
+
+    fn publish(s: &mut Stream, now: i64, subject: &str, id: Option<&str>) -> Result<u64, String> {
+        match s.check_publish(now, subject, 10, id, None) {
+            PublishVerdict::Accept => {
+                let seq = s.last_seq() + 1;
+                s.stored(seq, subject, 10, now, id);
+                Ok(seq)
+            }
+            PublishVerdict::Duplicate(seq) => Err(format!("dup {seq}")),
+            PublishVerdict::Refuse { message, .. } => Err(message),
+        }
+    }
+
+    #[test]
+    fn configs_are_checked() {
+        assert!(validate_config(&cfg(|_| {})).is_ok());
+        assert!(validate_config(&cfg(|c| c.name = "a.b".into())).is_err());
+        assert!(validate_config(&cfg(|c| c.subjects = vec![])).is_err());
+        assert!(validate_config(&cfg(|c| c.subjects = vec!["a.*".into(), "a.b".into()])).is_err());
+        assert!(validate_config(&cfg(|c| c.max_msgs = 0)).is_err());
+        assert!(validate_config(&cfg(|c| {
+            c.max_age_ms = 1000;
+            c.duplicate_window_ms = 2000;
+        }))
+        .is_err());
+    }
+
+    #[test]
+    fn dedup_within_and_after_the_window() {
+        let mut s = Stream::new(cfg(|c| c.duplicate_window_ms = 1000), 0);
+        assert_eq!(publish(&mut s, 0, "orders.1", Some("a")), Ok(1));
+        assert_eq!(
+            publish(&mut s, 500, "orders.1", Some("a")),
+            Err("dup 1".into())
+        );
+        assert_eq!(publish(&mut s, 999, "orders.1", Some("b")), Ok(2));
+        assert_eq!(publish(&mut s, 1001, "orders.1", Some("a")), Ok(3));
+        assert_eq!(
+            publish(&mut s, 1500, "orders.1", Some("b")),
+            Err("dup 2".into())
+        );
+        assert_eq!(s.len(), 3);
+    }
+
+    #[test]
+    fn limits_discard_old_and_new() {
+        let mut s = Stream::new(cfg(|c| c.max_msgs = 3), 0);
+        for i in 0..5 {
+            publish(&mut s, i, "orders.1", None).unwrap();
+        }
+        assert_eq!((s.first_seq(), s.last_seq(), s.len()), (3, 5, 3));
+        let mut s = Stream::new(
+            cfg(|c| {
+                c.max_msgs = 3;
+                c.discard = Discard::New;
+            }),
+            0,
+        );
+        for i in 0..3 {
+            publish(&mut s, i, "orders.1", None).unwrap();
+        }
+        assert_eq!(
+            publish(&mut s, 4, "orders.1", None),
+            Err("maximum messages exceeded".into())
+        );
+        let mut s = Stream::new(cfg(|c| c.max_msgs_per_subject = 2), 0);
+        for i in 0..4 {
+            publish(&mut s, i, "orders.a", None).unwrap();
+            publish(&mut s, i, "orders.b", None).unwrap();
+        }
+        assert_eq!(s.len(), 4);
+        assert_eq!(s.last_by_subject("orders.a"), Some(7));
+        let st = s.state("orders.*", 0);
+        assert_eq!(
+            st.subjects,
+            vec![("orders.a".into(), 2), ("orders.b".into(), 2)]
+        );
+        assert_eq!((st.first_seq, st.num_deleted), (5, 0));
+        let mut s = Stream::new(cfg(|c| c.max_age_ms = 100), 0);
+        publish(&mut s, 0, "orders.1", None).unwrap();
+        publish(&mut s, 50, "orders.1", None).unwrap();
+        assert_eq!(s.expire(120), vec![1]);
+        assert_eq!(s.first_seq(), 2);
+    }
+
+    #[test]
+    fn purge_and_filtered_lookup() {
+        let mut s = Stream::new(cfg(|c| c.subjects = vec!["o.>".into()]), 0);
+        for i in 0..10 {
+            publish(&mut s, i, if i % 2 == 0 { "o.even" } else { "o.odd" }, None).unwrap();
+        }
+        assert_eq!(s.next_matching(1, &["o.odd".into()]), Some(2));
+        assert_eq!(
+            s.next_matching(3, &["o.odd".into(), "o.even".into()]),
+            Some(3)
+        );
+        assert_eq!(s.next_matching(4, &["o.*".into()]), Some(4));
+        assert_eq!(s.next_matching(11, &["o.*".into()]), None);
+        assert_eq!(s.count_matching(5, &["o.even".into()]), 3);
+        assert_eq!(s.last_per_subject(&[]), vec![9, 10]);
+        let removed = s.purge(&PurgeRequest {
+            filter: "o.even".into(),
+            keep: 2,
+            seq: 0,
+        });
+        assert_eq!(removed, vec![1, 3, 5]);
+        assert_eq!(s.len(), 7);
+        assert_eq!(s.purge(&PurgeRequest::default()).len(), 7);
+        assert_eq!((s.first_seq(), s.last_seq()), (11, 10));
+        assert_eq!(publish(&mut s, 20, "o.x", None), Ok(11));
+    }
+}
