@@ -32,6 +32,7 @@ def run(binary, base, gib, zero_copy, port):
     shutil.rmtree(data, ignore_errors=True)
     bootstrap = f"127.0.0.1:{port}"
     proc = subprocess.Popen([binary, "serve", "--data-dir", data, "--kafka-listen", bootstrap,
+                             "--native-listen", "off",
                              "--fetch-zero-copy", str(zero_copy).lower()],
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     assert proc.stdout.readline().startswith(b"sluice ready")

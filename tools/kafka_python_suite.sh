@@ -45,7 +45,7 @@ PY
 fi
 data="$(mktemp -d)"
 port=$("$py/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-target/debug/sluice serve --data-dir "$data" --kafka-listen "127.0.0.1:$port" \
+target/debug/sluice serve --data-dir "$data" --kafka-listen "127.0.0.1:$port" --native-listen off \
     --num-partitions 4 --group-min-session-timeout-ms 1000 > "$data.stdout" 2> "$data.log" &
 broker=$!
 trap 'kill $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$data" "$data.stdout" "$data.log"' EXIT

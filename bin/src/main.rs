@@ -102,6 +102,9 @@ struct ServeArgs {
     /// host:port clients are told to connect to [default: 127.0.0.1:<listen port>]
     #[arg(long)]
     advertised_kafka: Option<String>,
+    /// Native-protocol listener, or "off" [default: 0.0.0.0:7575]
+    #[arg(long)]
+    native_listen: Option<String>,
     /// Shards (pinned executors) [default: one per core]
     #[arg(long)]
     shards: Option<usize>,
@@ -138,6 +141,7 @@ struct ServeFile {
     data_dir: Option<PathBuf>,
     kafka_listen: Option<String>,
     advertised_kafka: Option<String>,
+    native_listen: Option<String>,
     shards: Option<usize>,
     auto_create_topics: Option<bool>,
     num_partitions: Option<i32>,
@@ -171,6 +175,16 @@ fn serve_config(args: ServeArgs) -> Result<sluice_net::broker::config::BrokerCon
             .map_err(|e| format!("invalid kafka listen address '{l}': {e}"))?;
     }
     c.advertised_port = c.kafka_listen.port();
+    match args.native_listen.or(file.native_listen).as_deref() {
+        None => {}
+        Some("off") => c.native_listen = None,
+        Some(l) => {
+            c.native_listen = Some(
+                l.parse()
+                    .map_err(|e| format!("invalid native listen address '{l}': {e}"))?,
+            )
+        }
+    }
     match args.advertised_kafka.or(file.advertised_kafka) {
         Some(a) => {
             let (host, port) = a

@@ -420,6 +420,7 @@ mod tests {
                 None,
             );
         }
+        s.set_visible(n);
         s
     }
 

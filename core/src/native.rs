@@ -15,7 +15,7 @@
 //! The first frame on a connection must be [`op::HELLO`]; the server answers with the version
 //! it chose. Everything here is pure; every decoder checks every length (fuzzed).
 
-use serde::Serialize as SerdeSerialize;
+use serde::{Deserialize as SerdeDeserialize, Serialize as SerdeSerialize};
 
 /// Protocol versions this code speaks.
 pub const VERSION_MIN: u16 = 1;
@@ -391,7 +391,18 @@ impl<'a> Ack<'a> {
 
 use rkyv::{Archive, Deserialize, Serialize};
 
-#[derive(Archive, Serialize, Deserialize, SerdeSerialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    SerdeSerialize,
+    SerdeDeserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Retention {
     Limits,
@@ -400,14 +411,36 @@ pub enum Retention {
     WorkQueue,
 }
 
-#[derive(Archive, Serialize, Deserialize, SerdeSerialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    SerdeSerialize,
+    SerdeDeserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Storage {
     File,
     Memory,
 }
 
-#[derive(Archive, Serialize, Deserialize, SerdeSerialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    SerdeSerialize,
+    SerdeDeserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Discard {
     Old,
@@ -415,7 +448,10 @@ pub enum Discard {
 }
 
 /// A stream's configuration (JetStream's StreamConfig; -1 / 0 mean unlimited as there).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(
+    Archive, Serialize, Deserialize, SerdeSerialize, SerdeDeserialize, Debug, Clone, PartialEq, Eq,
+)]
+#[serde(default)]
 pub struct StreamConfig {
     pub name: String,
     pub subjects: Vec<String>,
@@ -471,7 +507,18 @@ pub struct StreamInfo {
     pub created_ms: i64,
 }
 
-#[derive(Archive, Serialize, Deserialize, SerdeSerialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    SerdeSerialize,
+    SerdeDeserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+)]
 pub enum DeliverPolicy {
     All,
     Last,
@@ -481,7 +528,18 @@ pub enum DeliverPolicy {
     LastPerSubject,
 }
 
-#[derive(Archive, Serialize, Deserialize, SerdeSerialize, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Archive,
+    Serialize,
+    Deserialize,
+    SerdeSerialize,
+    SerdeDeserialize,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AckPolicy {
     None,
@@ -490,7 +548,10 @@ pub enum AckPolicy {
 }
 
 /// A consumer's configuration (JetStream's ConsumerConfig).
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+#[derive(
+    Archive, Serialize, Deserialize, SerdeSerialize, SerdeDeserialize, Debug, Clone, PartialEq, Eq,
+)]
+#[serde(default)]
 pub struct ConsumerConfig {
     /// Durable name; empty for an ephemeral consumer (the server names it).
     pub durable_name: String,

@@ -37,6 +37,10 @@ pub struct Stream {
     pub created_ms: i64,
     /// Last sequence ever assigned (0: none yet).
     last_seq: u64,
+    /// Highest sequence readers may see: stored and acknowledged by the log. A publish is
+    /// registered before its append completes (so that sequences and dedup stay exact under
+    /// pipelining) and becomes visible once durable.
+    visible: u64,
     last_ts_ms: i64,
     msgs: BTreeMap<u64, Entry>,
     bytes: u64,
@@ -272,6 +276,15 @@ impl Stream {
         self.last_seq = self.last_seq.max(seq);
     }
 
+    /// Makes sequences up to `seq` visible to readers.
+    pub fn set_visible(&mut self, seq: u64) {
+        self.visible = self.visible.max(seq);
+    }
+
+    pub fn visible(&self) -> u64 {
+        self.visible
+    }
+
     /// Forgets one message; false if it was not live.
     pub fn remove(&mut self, seq: u64) -> bool {
         let Some(e) = self.msgs.remove(&seq) else {
@@ -368,8 +381,12 @@ impl Stream {
     /// if empty). Literal filters go through the subject index (cost independent of the
     /// stream's size); wildcard filters walk the sequences.
     pub fn next_matching(&self, from: u64, filters: &[String]) -> Option<u64> {
+        let visible = self.visible;
+        if from > visible {
+            return None;
+        }
         if filters.is_empty() {
-            return self.msgs.range(from..).next().map(|(s, _)| *s);
+            return self.msgs.range(from..=visible).next().map(|(s, _)| *s);
         }
         if filters.iter().all(|f| subject::is_literal(f)) {
             return filters
@@ -378,12 +395,12 @@ impl Stream {
                 .filter_map(|id| {
                     let q = &self.by_subject[*id as usize];
                     let i = q.partition_point(|s| *s < from);
-                    q.get(i).copied()
+                    q.get(i).copied().filter(|s| *s <= visible)
                 })
                 .min();
         }
         self.msgs
-            .range(from..)
+            .range(from..=visible)
             .find(|(_, e)| {
                 let name = &self.subject_names[e.subject as usize];
                 filters.iter().any(|f| subject::matches(f, name))
@@ -393,14 +410,19 @@ impl Stream {
 
     /// Live messages ≥ `from` matching `filters` (consumer info's num_pending).
     pub fn count_matching(&self, from: u64, filters: &[String]) -> u64 {
+        let visible = self.visible;
+        if from > visible {
+            return 0;
+        }
         if filters.is_empty() {
-            return self.msgs.range(from..).count() as u64;
+            return self.msgs.range(from..=visible).count() as u64;
         }
         self.matching_subject_ids(filters)
             .iter()
             .map(|id| {
                 let q = &self.by_subject[*id as usize];
-                (q.len() - q.partition_point(|s| *s < from)) as u64
+                let end = q.partition_point(|s| *s <= visible);
+                end.saturating_sub(q.partition_point(|s| *s < from)) as u64
             })
             .sum()
     }
@@ -408,7 +430,10 @@ impl Stream {
     /// The last live sequence on `subject`.
     pub fn last_by_subject(&self, subject: &str) -> Option<u64> {
         let id = self.subject_ids.get(subject)?;
-        self.by_subject[*id as usize].back().copied()
+        let q = &self.by_subject[*id as usize];
+        q.partition_point(|s| *s <= self.visible)
+            .checked_sub(1)
+            .map(|i| q[i])
     }
 
     /// The last live sequence of every subject matching `filters`, ascending
@@ -421,7 +446,12 @@ impl Stream {
         };
         let mut v: Vec<u64> = ids
             .iter()
-            .filter_map(|id| self.by_subject[*id as usize].back().copied())
+            .filter_map(|id| {
+                let q = &self.by_subject[*id as usize];
+                q.partition_point(|s| *s <= self.visible)
+                    .checked_sub(1)
+                    .map(|i| q[i])
+            })
             .collect();
         v.sort_unstable();
         v
@@ -492,6 +522,7 @@ mod tests {
             PublishVerdict::Accept => {
                 let seq = s.last_seq() + 1;
                 s.stored(seq, subject, 10, now, id);
+                s.set_visible(seq);
                 Ok(seq)
             }
             PublishVerdict::Duplicate(seq) => Err(format!("dup {seq}")),

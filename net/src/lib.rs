@@ -12,3 +12,4 @@
 
 pub mod broker;
 pub mod kafka;
+pub mod native;

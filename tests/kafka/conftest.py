@@ -39,6 +39,7 @@ class Broker:
     def __init__(self, data_dir: Path, shards: int = 2, extra=()):
         self.data_dir = data_dir
         self.port = free_port()
+        self.native_port = free_port()
         self.shards = shards
         self.extra = list(extra)
         self.proc = None
@@ -52,7 +53,8 @@ class Broker:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sluice_bin(), "serve", "--data-dir", str(self.data_dir),
-             "--kafka-listen", self.bootstrap, "--shards", str(self.shards), *self.extra],
+             "--kafka-listen", self.bootstrap, "--shards", str(self.shards),
+             "--native-listen", f"127.0.0.1:{self.native_port}", *self.extra],
             stdout=subprocess.PIPE, stderr=log)
         deadline = time.time() + timeout
         line = b""

@@ -11,6 +11,10 @@ use sluice_storage::{FsyncPolicy, LogConfig};
 pub struct BrokerConfig {
     pub data_dir: PathBuf,
     pub kafka_listen: SocketAddr,
+    /// Native-protocol listener (`None`: off).
+    pub native_listen: Option<SocketAddr>,
+    /// Largest native frame accepted.
+    pub native_frame_bytes_max: usize,
     /// Host and port clients are told to connect to (Metadata).
     pub advertised_host: String,
     pub advertised_port: u16,
@@ -43,6 +47,8 @@ impl Default for BrokerConfig {
         BrokerConfig {
             data_dir: PathBuf::from("./sluice-data"),
             kafka_listen: "0.0.0.0:9092".parse().expect("static address"),
+            native_listen: Some("0.0.0.0:7575".parse().expect("static address")),
+            native_frame_bytes_max: sluice_core::native::FRAME_BYTES_MAX,
             advertised_host: "127.0.0.1".into(),
             advertised_port: 9092,
             shards: 1,

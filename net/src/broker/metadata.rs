@@ -18,10 +18,20 @@ pub struct TopicMeta {
     pub configs: BTreeMap<String, String>,
 }
 
+/// A JetStream-style stream: file streams are stored in the topic of the same name (one
+/// partition); memory streams only here.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct StreamMeta {
+    pub config: sluice_core::native::StreamConfig,
+    pub created_ms: i64,
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct Metadata {
     pub cluster_id: String,
     pub topics: BTreeMap<String, TopicMeta>,
+    #[serde(default)]
+    pub streams: BTreeMap<String, StreamMeta>,
 }
 
 /// Topic names as Kafka allows them: 1..=249 of `[a-zA-Z0-9._-]`, not `.` or `..`.
@@ -67,6 +77,7 @@ impl Metadata {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Metadata {
                 cluster_id: uuid::Uuid::new_v4().simple().to_string()[..22].to_string(),
                 topics: BTreeMap::new(),
+                streams: BTreeMap::new(),
             }),
             Err(e) => Err(e),
         }
@@ -90,6 +101,16 @@ impl Metadata {
         self.topics
             .get(topic)
             .is_some_and(|t| (0..t.partitions).contains(&partition))
+    }
+
+    /// The stream capturing a published subject, if any.
+    pub fn stream_for(&self, subject: &str) -> Option<&StreamMeta> {
+        self.streams.values().find(|s| {
+            s.config
+                .subjects
+                .iter()
+                .any(|p| sluice_core::subject::matches(p, subject))
+        })
     }
 
     pub fn topic_by_id(&self, id: uuid::Uuid) -> Option<(&String, &TopicMeta)> {

@@ -91,8 +91,12 @@ pub fn serve(config: BrokerConfig) -> Result<(), String> {
             Err(_) => return Err("a shard died during startup".into()),
         }
     }
+    let native = match shared.config.native_listen {
+        Some(a) => format!(", native on {a}"),
+        None => String::new(),
+    };
     println!(
-        "sluice ready: kafka on {listen} (advertised {}:{}), {shards} shard(s), data in {}",
+        "sluice ready: kafka on {listen} (advertised {}:{}){native}, {shards} shard(s), data in {}",
         shared.config.advertised_host,
         shared.config.advertised_port,
         shared.config.data_dir.display()
@@ -171,6 +175,30 @@ async fn run_shard(
             return;
         }
     };
+    let native_streams: Vec<String> = shard
+        .metadata()
+        .streams
+        .keys()
+        .filter(|n| shard.owner(n, 0) == id)
+        .cloned()
+        .collect();
+    for name in native_streams {
+        if let Err((_, m)) = crate::native::admin::open_stream(&shard, &name).await {
+            let _ = ready.send(Err(format!("shard {id}: cannot open stream {name}: {m}")));
+            return;
+        }
+    }
+    if let Some(addr) = shard.shared.config.native_listen {
+        match glommio::net::TcpListener::bind(addr) {
+            Ok(l) => {
+                glommio::spawn_local(crate::native::server::accept_loop(shard.clone(), l)).detach();
+            }
+            Err(e) => {
+                let _ = ready.send(Err(format!("cannot listen on {addr}: {e}")));
+                return;
+            }
+        }
+    }
     glommio::spawn_local(shard.clone().housekeeping(RETENTION_CHECK_MS)).detach();
     let _ = ready.send(Ok(id));
     server_until_stopped(shard.clone(), listener).await;

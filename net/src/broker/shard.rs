@@ -57,6 +57,8 @@ pub struct Shard {
     pub idle: Notify,
     /// Consumer groups homed on this shard (opened at startup).
     pub groups: RefCell<Option<Rc<super::groups::GroupHome>>>,
+    /// Native protocol: subscriptions, connections, streams owned here.
+    pub native: crate::native::pubsub::NativeShard,
 }
 
 impl Shard {
@@ -71,6 +73,7 @@ impl Shard {
             connections: Cell::new(0),
             idle: Notify::default(),
             groups: RefCell::new(None),
+            native: Default::default(),
         })
     }
 
@@ -105,6 +108,21 @@ impl Shard {
             .unbounded_send(job)
             .expect("every shard's job queue lives as long as the broker");
         rx.await.expect("a submitted job always answers")
+    }
+
+    /// Runs `f` on shard `target` without waiting for it (jobs to one shard run in the order
+    /// they were sent).
+    pub fn send_to<F>(self: &Rc<Self>, target: usize, f: F)
+    where
+        F: FnOnce(Rc<Shard>) -> LocalFuture<()> + Send + 'static,
+    {
+        if target == self.id {
+            glommio::spawn_local(f(self.clone())).detach();
+            return;
+        }
+        self.shared.job_senders[target]
+            .unbounded_send(Box::new(f))
+            .expect("every shard's job queue lives as long as the broker");
     }
 
     /// Serves jobs other shards submit to this one, each as its own task.
@@ -274,6 +292,13 @@ impl Shard {
                 eprintln!("sluice: closing the offsets log of shard {}: {e}", self.id);
             }
         }
+        let streams: Vec<_> = self.native.streams.borrow().values().cloned().collect();
+        for s in streams {
+            s.housekeeping().await;
+            if let Err(e) = s.save().await {
+                eprintln!("sluice: saving stream {}: {e}", s.name);
+            }
+        }
         let parts: Vec<_> = self.partitions.borrow().values().cloned().collect();
         for p in parts {
             if let Err(e) = p.close(wall_clock_ms()).await {
@@ -288,6 +313,10 @@ impl Shard {
         while !self.stopped.get() {
             glommio::timer::sleep(std::time::Duration::from_millis(100)).await;
             let now = wall_clock_ms();
+            let streams: Vec<_> = self.native.streams.borrow().values().cloned().collect();
+            for s in streams {
+                s.housekeeping().await;
+            }
             let parts: Vec<_> = self.partitions.borrow().values().cloned().collect();
             let retention_due = now.saturating_sub(last_retention) >= retention_check_ms;
             for p in parts {

@@ -365,6 +365,12 @@ async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceRespon
                 results.push((ti, pi, Err(ec::UNKNOWN_TOPIC_OR_PARTITION)));
                 continue;
             }
+            if meta.streams.contains_key(name) {
+                // A stream's topic is written through the stream (subjects, dedup, limits);
+                // Kafka clients may read it.
+                results.push((ti, pi, Err(ec::POLICY_VIOLATION)));
+                continue;
+            }
             let Some(records) = p.records.clone() else {
                 results.push((ti, pi, Err(ec::CORRUPT_MESSAGE)));
                 continue;

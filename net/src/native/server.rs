@@ -1,0 +1,538 @@
+//! Native-protocol connections: framing, the HELLO exchange, and dispatch. Requests are
+//! pipelined: each is answered under its correlation id, possibly out of order. Publishes of
+//! one connection are registered in order (their stream appends and subscriber deliveries
+//! keep the publisher's order); their acknowledgements may come back in any order.
+//!
+//! A malformed frame gets an ERROR frame and closes the connection; nothing a peer sends can
+//! crash the shard.
+
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::{TcpListener, TcpStream};
+use sluice_core::native::{
+    self, flag, op, status, Ack, AdminRequest, FetchRequest, FrameError, Header, Hello, HelloOk,
+    Pub, Sub,
+};
+use sluice_storage::notify::Notify;
+use sluice_storage::wall_clock_ms;
+
+use super::pubsub::{self, ConnOut, SubKey};
+use super::streams::Refusal;
+use crate::broker::shard::Shard;
+
+/// Requests of one connection being handled at once before reading pauses.
+const IN_FLIGHT_MAX: usize = 4096;
+/// Longest a pull request may wait.
+const FETCH_EXPIRES_MAX_MS: u64 = 60 * 60 * 1000;
+const FETCH_EXPIRES_DEFAULT_MS: u64 = 30_000;
+
+pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+    loop {
+        let stop = shard.stop.notified();
+        if shard.is_stopping() {
+            break;
+        }
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stop.await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let shard = shard.clone();
+                shard.connections.set(shard.connections.get() + 1);
+                glommio::spawn_local(async move {
+                    let peer = stream.peer_addr().ok();
+                    if let Err(e) = serve(&shard, stream).await {
+                        if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                            eprintln!("sluice: native connection {peer:?} closed: {e}");
+                        }
+                    }
+                    shard.connections.set(shard.connections.get() - 1);
+                    shard.idle.notify_all();
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                eprintln!("sluice: native accept failed: {e}");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}
+
+struct Conn {
+    id: u64,
+    shard: Rc<Shard>,
+    out: Rc<ConnOut>,
+    /// (sid → pattern, queue) of this connection's subscriptions.
+    subs: RefCell<std::collections::HashMap<u32, (String, Option<Arc<str>>)>>,
+    in_flight: Cell<usize>,
+    settled: Notify,
+}
+
+fn frame(op: u8, status: u16, corr: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + body.len());
+    native::encode_frame(
+        &mut out,
+        Header {
+            op,
+            flags: 0,
+            status,
+            corr,
+        },
+        body,
+    );
+    out
+}
+
+impl Conn {
+    fn reply(&self, op: u8, corr: u32, body: &[u8]) {
+        self.out.send(frame(op, 0, corr, body));
+    }
+    fn error(&self, corr: u32, (code, msg): Refusal) {
+        self.out.send(frame(op::ERROR, code, corr, msg.as_bytes()));
+    }
+}
+
+async fn serve(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
+    let (mut reader, mut writer) = futures_lite::io::split(stream);
+    let (tx, mut rx) = futures::channel::mpsc::unbounded::<Vec<u8>>();
+    let out = Rc::new(ConnOut {
+        tx,
+        queued: Cell::new(0),
+        slow: Cell::new(false),
+    });
+    let conn = Rc::new(Conn {
+        id: shard.native.new_conn_id(shard.id),
+        shard: shard.clone(),
+        out: out.clone(),
+        subs: RefCell::new(Default::default()),
+        in_flight: Cell::new(0),
+        settled: Notify::default(),
+    });
+    shard.native.conns.borrow_mut().insert(conn.id, out.clone());
+    let writer_out = out.clone();
+    let write_task = glommio::spawn_local(async move {
+        let mut batch = Vec::with_capacity(64 << 10);
+        while let Some(f) = rx.next().await {
+            batch.clear();
+            batch.extend_from_slice(&f);
+            let mut n = f.len();
+            // Coalesce whatever else is queued into one write.
+            while batch.len() < (256 << 10) {
+                match rx.try_recv() {
+                    Ok(more) => {
+                        n += more.len();
+                        batch.extend_from_slice(&more);
+                    }
+                    _ => break,
+                }
+            }
+            let r = writer.write_all(&batch).await;
+            writer_out
+                .queued
+                .set(writer_out.queued.get().saturating_sub(n));
+            r?;
+        }
+        writer.flush().await?;
+        writer.close().await
+    });
+    let result = read_loop(&conn, &mut reader).await;
+    // Cleanup: subscriptions everywhere, then the connection.
+    let subs: Vec<(u32, (String, Option<Arc<str>>))> = conn.subs.borrow_mut().drain().collect();
+    for (sid, (pattern, queue)) in subs {
+        let key = SubKey {
+            shard: shard.id,
+            conn: conn.id,
+            sid,
+            queue,
+        };
+        pubsub::broadcast_sub(shard, pattern, key, false).await;
+    }
+    shard.native.conns.borrow_mut().remove(&conn.id);
+    // Let in-flight requests answer, then close the writer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while conn.in_flight.get() > 0 && std::time::Instant::now() < deadline {
+        let settled = conn.settled.notified();
+        futures_lite::future::or(settled, async {
+            glommio::timer::sleep(std::time::Duration::from_millis(20)).await
+        })
+        .await;
+    }
+    out.tx.close_channel();
+    drop(conn);
+    let _ = write_task.await;
+    result
+}
+
+async fn read_loop(
+    conn: &Rc<Conn>,
+    reader: &mut (impl futures_lite::AsyncRead + Unpin),
+) -> std::io::Result<()> {
+    let shard = &conn.shard;
+    let max = shard.shared.config.native_frame_bytes_max;
+    let mut buf = BytesMut::with_capacity(64 << 10);
+    let mut hello = false;
+    loop {
+        // Frames already buffered first.
+        loop {
+            let split = native::split_frame(&buf, max);
+            let (h, body) = match split {
+                Ok(Some(x)) => x,
+                Ok(None) => break,
+                Err(FrameError(m)) => {
+                    conn.error(0, (status::BAD_REQUEST, m.clone()));
+                    return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, m));
+                }
+            };
+            let frame = buf.split_to(body.end).freeze();
+            let body = frame.slice(body);
+            if !hello {
+                if h.op != op::HELLO {
+                    conn.error(
+                        h.corr,
+                        (status::BAD_REQUEST, "the first frame must be HELLO".into()),
+                    );
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "no HELLO",
+                    ));
+                }
+                let ok = match native::from_body::<Hello>(&body) {
+                    Ok(hi)
+                        if hi.version_min <= native::VERSION_MAX
+                            && hi.version_max >= native::VERSION_MIN =>
+                    {
+                        conn.reply(
+                            op::HELLO_OK,
+                            h.corr,
+                            &native::to_body(&HelloOk {
+                                version: hi.version_max.min(native::VERSION_MAX),
+                                server: format!("sluice {}", env!("CARGO_PKG_VERSION")),
+                                frame_bytes_max: max as u32,
+                            }),
+                        );
+                        true
+                    }
+                    Ok(hi) => {
+                        conn.out.send(frame_err(
+                            h.corr,
+                            status::UNSUPPORTED_VERSION,
+                            &format!(
+                                "protocol versions {}..={} not supported (server: {}..={})",
+                                hi.version_min,
+                                hi.version_max,
+                                native::VERSION_MIN,
+                                native::VERSION_MAX
+                            ),
+                        ));
+                        false
+                    }
+                    Err(e) => {
+                        conn.error(h.corr, (status::BAD_REQUEST, e.0));
+                        false
+                    }
+                };
+                if !ok {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        "bad HELLO",
+                    ));
+                }
+                hello = true;
+                continue;
+            }
+            if let Err(m) = dispatch(conn, h, body) {
+                conn.error(h.corr, (status::BAD_REQUEST, m.clone()));
+                return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, m));
+            }
+            while conn.in_flight.get() >= IN_FLIGHT_MAX {
+                conn.settled.notified().await;
+            }
+        }
+        if conn.out.slow.get() {
+            return Err(std::io::Error::other(
+                "slow consumer: too many bytes queued",
+            ));
+        }
+        let stop = shard.stop.notified();
+        if shard.is_stopping() {
+            return Ok(());
+        }
+        buf.reserve(64 << 10);
+        let mut chunk = vec![0u8; 64 << 10];
+        let n = futures_lite::future::or(async { Some(reader.read(&mut chunk).await) }, async {
+            stop.await;
+            None
+        })
+        .await;
+        match n {
+            None => return Ok(()),
+            Some(Err(e)) => return Err(e),
+            Some(Ok(0)) => return Ok(()),
+            Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+fn frame_err(corr: u32, code: u16, msg: &str) -> Vec<u8> {
+    frame(op::ERROR, code, corr, msg.as_bytes())
+}
+
+/// Starts handling one frame. Errors are protocol violations that close the connection.
+fn dispatch(conn: &Rc<Conn>, h: Header, body: Bytes) -> Result<(), String> {
+    match h.op {
+        op::PING => {
+            conn.reply(op::PONG, h.corr, &[]);
+            Ok(())
+        }
+        op::PUB => publish(conn, h, body),
+        op::SUB => {
+            let sub = Sub::decode(&body).map_err(|e| e.0)?;
+            if let Err(e) = sluice_core::subject::validate_pattern(sub.subject) {
+                conn.error(h.corr, (status::BAD_REQUEST, e.0));
+                return Ok(());
+            }
+            let queue: Option<Arc<str>> = (!sub.queue.is_empty()).then(|| sub.queue.into());
+            if conn.subs.borrow().contains_key(&sub.sid) {
+                conn.error(
+                    h.corr,
+                    (status::CONFLICT, format!("sid {} is in use", sub.sid)),
+                );
+                return Ok(());
+            }
+            conn.subs
+                .borrow_mut()
+                .insert(sub.sid, (sub.subject.to_string(), queue.clone()));
+            let key = SubKey {
+                shard: conn.shard.id,
+                conn: conn.id,
+                sid: sub.sid,
+                queue,
+            };
+            let pattern = sub.subject.to_string();
+            spawn(conn, async move |c: Rc<Conn>| {
+                pubsub::broadcast_sub(&c.shard, pattern, key, true).await;
+                c.reply(op::OK, h.corr, &[]);
+            });
+            Ok(())
+        }
+        op::UNSUB => {
+            let mut r = native::Reader::new(&body);
+            let sid = r.u32().map_err(|e| e.0)?;
+            r.done().map_err(|e| e.0)?;
+            let Some((pattern, queue)) = conn.subs.borrow_mut().remove(&sid) else {
+                conn.error(
+                    h.corr,
+                    (status::NOT_FOUND, format!("no subscription {sid}")),
+                );
+                return Ok(());
+            };
+            let key = SubKey {
+                shard: conn.shard.id,
+                conn: conn.id,
+                sid,
+                queue,
+            };
+            spawn(conn, async move |c: Rc<Conn>| {
+                pubsub::broadcast_sub(&c.shard, pattern, key, false).await;
+                c.reply(op::OK, h.corr, &[]);
+            });
+            Ok(())
+        }
+        op::ADMIN => {
+            let req = native::from_body::<AdminRequest>(&body).map_err(|e| e.0)?;
+            spawn(conn, async move |c: Rc<Conn>| {
+                match super::admin::handle(&c.shard, req).await {
+                    Ok(resp) => c.reply(op::ADMIN_OK, h.corr, &native::to_body(&resp)),
+                    Err(e) => c.error(h.corr, e),
+                }
+            });
+            Ok(())
+        }
+        op::FETCH => {
+            let req = native::from_body::<FetchRequest>(&body).map_err(|e| e.0)?;
+            spawn(conn, async move |c: Rc<Conn>| fetch(&c, h.corr, req).await);
+            Ok(())
+        }
+        op::ACK => {
+            let ack = Ack::decode(&body).map_err(|e| e.0)?;
+            let (stream, consumer, seq, kind) = (
+                ack.stream.to_string(),
+                ack.consumer.to_string(),
+                ack.stream_seq,
+                ack.kind,
+            );
+            spawn(conn, async move |c: Rc<Conn>| {
+                let owner = c.shard.owner(&stream, 0);
+                let r = c
+                    .shard
+                    .submit_to(owner, move |s| {
+                        Box::pin(async move {
+                            let home = s
+                                .native
+                                .stream(&stream)
+                                .ok_or((status::NOT_FOUND, format!("stream {stream} not found")))?;
+                            home.ack(&consumer, seq, kind)
+                        })
+                    })
+                    .await;
+                if h.corr != 0 {
+                    match r {
+                        Ok(()) => c.reply(op::OK, h.corr, &[]),
+                        Err(e) => c.error(h.corr, e),
+                    }
+                }
+            });
+            Ok(())
+        }
+        other => Err(format!("unknown op {other}")),
+    }
+}
+
+/// Runs a request's handler as its own task, counted against the connection's in-flight cap.
+fn spawn<F>(conn: &Rc<Conn>, f: impl FnOnce(Rc<Conn>) -> F + 'static)
+where
+    F: std::future::Future<Output = ()> + 'static,
+{
+    conn.in_flight.set(conn.in_flight.get() + 1);
+    let c = conn.clone();
+    glommio::spawn_local(async move {
+        f(c.clone()).await;
+        c.in_flight.set(c.in_flight.get() - 1);
+        c.settled.notify_all();
+    })
+    .detach();
+}
+
+fn publish(conn: &Rc<Conn>, h: Header, body: Bytes) -> Result<(), String> {
+    let p = Pub::decode(&body).map_err(|e| e.0)?;
+    if let Err(e) = sluice_core::subject::validate_literal(p.subject) {
+        if h.corr != 0 {
+            conn.error(h.corr, (status::BAD_REQUEST, e.0));
+        }
+        return Ok(());
+    }
+    let subject = p.subject.to_string();
+    let reply = p.reply.to_string();
+    let batch_start = body.len() - p.batch.len();
+    let batch = body.slice(batch_start..);
+    let shard = &conn.shard;
+    let delivered = pubsub::route(shard, &subject, &reply, None, batch.clone());
+    let meta = shard.metadata();
+    let stream = meta.stream_for(&subject).map(|s| s.config.name.clone());
+    match stream {
+        Some(name) => {
+            let want_ack = h.flags & flag::ACK != 0 && h.corr != 0;
+            // Registered with the stream in arrival order: the job is queued (or, on this
+            // shard, started) before the next frame is read.
+            spawn(conn, async move |c: Rc<Conn>| {
+                let r =
+                    super::streams::store_direct(&c.shard, &name, &subject, batch.to_vec()).await;
+                if want_ack {
+                    match r {
+                        Ok(ack) => c.reply(op::PUB_ACK, h.corr, &native::to_body(&ack)),
+                        Err(e) => c.error(h.corr, e),
+                    }
+                }
+            });
+        }
+        None => {
+            if h.corr != 0 && (h.flags & flag::ACK != 0 || (!reply.is_empty() && delivered == 0)) {
+                conn.error(
+                    h.corr,
+                    (
+                        status::NO_RESPONDERS,
+                        format!("no stream or subscriber for subject {subject}"),
+                    ),
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn fetch(conn: &Rc<Conn>, corr: u32, req: FetchRequest) {
+    let expires = match req.expires_ms {
+        0 => FETCH_EXPIRES_DEFAULT_MS,
+        e => e.min(FETCH_EXPIRES_MAX_MS),
+    };
+    let deadline = wall_clock_ms() + expires;
+    let want = req.batch.max(1);
+    let mut sent = 0u32;
+    let mut bytes = 0u64;
+    let owner = conn.shard.owner(&req.stream, 0);
+    loop {
+        let mut r = req.clone();
+        r.batch = want - sent;
+        r.max_bytes = if req.max_bytes > 0 {
+            req.max_bytes.saturating_sub(bytes).max(1)
+        } else {
+            0
+        };
+        // Once something was sent, only what is there right now is added.
+        r.no_wait = req.no_wait || sent > 0;
+        let got = conn
+            .shard
+            .submit_to(owner, move |s| {
+                Box::pin(async move {
+                    let home = s
+                        .native
+                        .stream(&r.stream)
+                        .ok_or((status::NOT_FOUND, format!("stream {} not found", r.stream)))?;
+                    let got = home.fetch(&s, &r, deadline).await?;
+                    Ok::<_, Refusal>(got)
+                })
+            })
+            .await;
+        match got {
+            Err(e) => {
+                if sent == 0 {
+                    conn.error(corr, e);
+                    return;
+                }
+                break;
+            }
+            Ok(msgs) => {
+                if msgs.is_empty() {
+                    break;
+                }
+                for m in msgs {
+                    bytes += m.batch.len() as u64;
+                    sent += 1;
+                    conn.out.send(pubsub::msg_frame(
+                        corr,
+                        0,
+                        &m.subject,
+                        "",
+                        Some(m.meta),
+                        &m.batch,
+                    ));
+                }
+                if sent >= want || (req.max_bytes > 0 && bytes >= req.max_bytes) {
+                    break;
+                }
+                if wall_clock_ms() >= deadline {
+                    break;
+                }
+            }
+        }
+    }
+    let code = if sent > 0 {
+        status::OK
+    } else if req.no_wait {
+        status::NOT_FOUND
+    } else {
+        status::TIMEOUT
+    };
+    conn.out
+        .send(frame(op::FETCH_END, code, corr, &sent.to_be_bytes()));
+}

@@ -1,0 +1,856 @@
+//! A stream on its owner shard: the pure [`Stream`] bookkeeping and [`Consumer`] machines of
+//! `sluice-core`, bound to the partition log that stores the messages (file storage: the topic
+//! of the stream's name, partition 0, so Kafka clients can read it too) or to memory.
+//!
+//! Publishes are registered in the stream synchronously and appended in the same order, so
+//! sequences, dedup and expected-last-sequence checks stay exact while many publishes are in
+//! flight; readers see a message only once the log acknowledged it (`Stream::set_visible`).
+//! Interior deletes (acks under work-queue/interest retention, limits, purges) and consumer
+//! state are saved in `streams/<name>/state.json` (atomically, at most every 100 ms while
+//! anything changed, and at shutdown); a crash may lose the last acks, which then causes
+//! redeliveries — never lost messages.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::rc::Rc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sluice_core::batch::{self, BatchBuilder, Compression};
+use sluice_core::consumer::{Consumer, ConsumerSnapshot};
+use sluice_core::native::{
+    status, AckKind, AckPolicy, ConsumerConfig, ConsumerInfo, FetchRequest, MsgMeta, PubAck,
+    PurgeRequest, Retention, Storage, StoredMsg, StreamInfo,
+};
+use sluice_core::stream::{PublishVerdict, Stream};
+use sluice_core::Offset;
+use sluice_storage::notify::Notify;
+use sluice_storage::wall_clock_ms;
+
+use crate::broker::metadata::StreamMeta;
+use crate::broker::partition::Partition;
+use crate::broker::shard::Shard;
+
+/// An error answer: a status code and a message.
+pub type Refusal = (u16, String);
+
+pub const MSG_ID_HEADER: &str = "Sluice-Msg-Id";
+pub const EXPECTED_LAST_SEQ_HEADER: &str = "Sluice-Expected-Last-Sequence";
+
+/// Largest message decoded for headers (the batch limit bounds it anyway).
+const RECORD_BYTES_MAX: usize = 64 << 20;
+
+enum Store {
+    File(Rc<Partition>),
+    Memory(RefCell<BTreeMap<u64, Bytes>>),
+}
+
+/// A message handed to a consumer.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub subject: String,
+    pub meta: MsgMeta,
+    pub batch: Bytes,
+}
+
+#[derive(Serialize, Deserialize, Default)]
+struct SavedState {
+    /// Removed sequences, as inclusive ranges.
+    deleted: Vec<(u64, u64)>,
+    consumers: Vec<SavedConsumer>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SavedConsumer {
+    name: String,
+    config: ConsumerConfig,
+    created_ms: i64,
+    snapshot: ConsumerSnapshot,
+}
+
+pub struct StreamHome {
+    pub name: String,
+    pub state: RefCell<Stream>,
+    store: Store,
+    pub consumers: RefCell<BTreeMap<String, Consumer>>,
+    /// Woken when messages become visible, acks free capacity, or consumers change.
+    pub changed: Notify,
+    dir: PathBuf,
+    dirty: Cell<bool>,
+    /// Sequences removed since the log's start (saved with the state).
+    deleted: RefCell<std::collections::BTreeSet<u64>>,
+    /// Pull requests parked per consumer (max_waiting).
+    waiting: RefCell<HashMap<String, u64>>,
+    next_ephemeral: Cell<u64>,
+}
+
+/// Parses a stored or published single-message batch: subject (record key), headers, size.
+pub struct Parsed {
+    pub subject: String,
+    pub msg_id: Option<String>,
+    pub expected_last_seq: Option<u64>,
+    pub size: usize,
+    pub timestamp_ms: i64,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub data: Vec<u8>,
+}
+
+pub fn parse_message(bytes: &[u8]) -> Result<Parsed, Refusal> {
+    let bad = |m: String| (status::BAD_REQUEST, m);
+    let records = batch::records(bytes, RECORD_BYTES_MAX).map_err(|e| bad(e.to_string()))?;
+    let [r] = records.as_slice() else {
+        return Err(bad(format!(
+            "a message batch must hold exactly one record, not {}",
+            records.len()
+        )));
+    };
+    let subject = r
+        .key
+        .as_deref()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .ok_or_else(|| bad("the record key must be the UTF-8 subject".into()))?
+        .to_string();
+    let mut msg_id = None;
+    let mut expected_last_seq = None;
+    let mut headers = Vec::new();
+    let mut size = subject.len() + r.value.as_ref().map_or(0, |v| v.len());
+    for h in &r.headers {
+        let name = String::from_utf8_lossy(&h.key).into_owned();
+        let value = h.value.clone().unwrap_or_default();
+        size += name.len() + value.len();
+        if name == MSG_ID_HEADER || name == "Nats-Msg-Id" {
+            msg_id = Some(String::from_utf8_lossy(&value).into_owned());
+        } else if name == EXPECTED_LAST_SEQ_HEADER || name == "Nats-Expected-Last-Sequence" {
+            expected_last_seq = Some(
+                std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| bad(format!("{name} must be a sequence number")))?,
+            );
+        }
+        headers.push((name, value));
+    }
+    Ok(Parsed {
+        subject,
+        msg_id,
+        expected_last_seq,
+        size,
+        timestamp_ms: r.timestamp,
+        headers,
+        data: r.value.clone().unwrap_or_default(),
+    })
+}
+
+/// Builds a single-message batch (the client does the same).
+pub fn message_batch(
+    subject: &str,
+    headers: &[(String, Vec<u8>)],
+    data: &[u8],
+    ts: i64,
+) -> Vec<u8> {
+    let mut b = BatchBuilder::new(Compression::None, ts);
+    let hs: Vec<(&[u8], Option<&[u8]>)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), Some(v.as_slice())))
+        .collect();
+    b.push(ts, Some(subject.as_bytes()), Some(data), &hs);
+    b.build()
+}
+
+fn ranges(set: &std::collections::BTreeSet<u64>) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &s in set {
+        match out.last_mut() {
+            Some((_, hi)) if *hi + 1 == s => *hi = s,
+            _ => out.push((s, s)),
+        }
+    }
+    out
+}
+
+impl StreamHome {
+    pub fn dir_of(shard: &Shard, name: &str) -> PathBuf {
+        shard.shared.config.data_dir.join("streams").join(name)
+    }
+
+    /// Opens a stream on its owner shard: replays the log (file storage), then the saved
+    /// deletes and consumers.
+    pub async fn open(shard: &Rc<Shard>, meta: &StreamMeta) -> Result<StreamHome, String> {
+        let name = meta.config.name.clone();
+        let dir = Self::dir_of(shard, &name);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut state = Stream::new(meta.config.clone(), meta.created_ms);
+        let store = match meta.config.storage {
+            Storage::Memory => Store::Memory(RefCell::new(BTreeMap::new())),
+            Storage::File => {
+                shard
+                    .open_partition(&name, 0)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let part = shard
+                    .partition(&name, 0)
+                    .ok_or_else(|| format!("stream {name} has no log"))?;
+                let mut from = part.log.start_offset();
+                while from < part.log.acked_end() {
+                    let bytes = part
+                        .log
+                        .read(from, 4 << 20)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    if bytes.is_empty() {
+                        break;
+                    }
+                    let (found, _) = batch::split_batches(&bytes, false);
+                    for (h, range) in found {
+                        from = Offset(h.last_offset() + 1);
+                        if let Ok(p) = parse_message(&bytes[range]) {
+                            state.stored(
+                                h.base_offset as u64 + 1,
+                                &p.subject,
+                                p.size,
+                                p.timestamp_ms,
+                                p.msg_id.as_deref(),
+                            );
+                        }
+                    }
+                }
+                state.set_last_seq(part.log.end_offset().0 as u64);
+                Store::File(part)
+            }
+        };
+        let last = state.last_seq();
+        state.set_visible(last);
+        let saved: SavedState = match std::fs::read(dir.join("state.json")) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| format!("{}/state.json is damaged: {e}", dir.display()))?,
+            Err(_) => SavedState::default(),
+        };
+        let mut deleted = std::collections::BTreeSet::new();
+        if meta.config.storage == Storage::File {
+            for (lo, hi) in &saved.deleted {
+                for s in *lo..=(*hi).min(last) {
+                    state.remove(s);
+                    deleted.insert(s);
+                }
+            }
+        }
+        let mut consumers = BTreeMap::new();
+        for c in saved.consumers {
+            let mut consumer = Consumer::new(&name, &c.name, c.config, &state, c.created_ms);
+            if meta.config.storage == Storage::File {
+                consumer.restore(c.snapshot);
+            }
+            consumers.insert(c.name, consumer);
+        }
+        Ok(StreamHome {
+            name,
+            state: RefCell::new(state),
+            store,
+            consumers: RefCell::new(consumers),
+            changed: Notify::default(),
+            dir,
+            dirty: Cell::new(false),
+            deleted: RefCell::new(deleted),
+            waiting: RefCell::new(HashMap::new()),
+            next_ephemeral: Cell::new(0),
+        })
+    }
+
+    pub fn config(&self) -> sluice_core::native::StreamConfig {
+        self.state.borrow().config.clone()
+    }
+
+    /// Stores a published message. The batch is the client's, stored as is.
+    pub async fn publish(&self, subject: &str, mut batch: Vec<u8>) -> Result<PubAck, Refusal> {
+        let p = parse_message(&batch)?;
+        if p.subject != subject {
+            return Err((
+                status::BAD_REQUEST,
+                format!(
+                    "record key '{}' differs from the subject '{subject}'",
+                    p.subject
+                ),
+            ));
+        }
+        let now = wall_clock_ms() as i64;
+        let seq = {
+            let mut st = self.state.borrow_mut();
+            match st.check_publish(
+                now,
+                subject,
+                p.size,
+                p.msg_id.as_deref(),
+                p.expected_last_seq,
+            ) {
+                PublishVerdict::Accept => {}
+                PublishVerdict::Duplicate(seq) => {
+                    return Ok(PubAck {
+                        stream: self.name.clone(),
+                        seq,
+                        duplicate: true,
+                    })
+                }
+                PublishVerdict::Refuse { status, message } => return Err((status, message)),
+            }
+            let seq = st.last_seq() + 1;
+            let doomed = st.stored(seq, subject, p.size, now, p.msg_id.as_deref());
+            self.removed(&doomed);
+            seq
+        };
+        match &self.store {
+            Store::Memory(m) => {
+                batch::set_base_offset(&mut batch, Offset(seq as i64 - 1));
+                m.borrow_mut().insert(seq, Bytes::from(batch));
+            }
+            Store::File(part) => match part.log.append(now as u64, &mut batch).await {
+                Ok(info) if info.base_offset.0 as u64 + 1 == seq => {}
+                Ok(info) => {
+                    eprintln!(
+                        "sluice: stream {} stored seq {seq} at offset {} (bug)",
+                        self.name, info.base_offset.0
+                    );
+                }
+                Err(e) => {
+                    self.state.borrow_mut().remove(seq);
+                    return Err((status::INTERNAL, format!("storing the message failed: {e}")));
+                }
+            },
+        }
+        {
+            let mut st = self.state.borrow_mut();
+            st.set_visible(seq);
+            // Interest retention keeps a message only while a consumer wants it.
+            if st.retention() == Retention::Interest
+                && !self
+                    .consumers
+                    .borrow()
+                    .values()
+                    .any(|c| c.needs(seq, subject))
+            {
+                st.remove(seq);
+                drop(st);
+                self.removed(&[seq]);
+            }
+        }
+        self.changed.notify_all();
+        Ok(PubAck {
+            stream: self.name.clone(),
+            seq,
+            duplicate: false,
+        })
+    }
+
+    /// Bookkeeping after the stream removed sequences.
+    fn removed(&self, seqs: &[u64]) {
+        if seqs.is_empty() {
+            return;
+        }
+        let mut consumers = self.consumers.borrow_mut();
+        for s in seqs {
+            for c in consumers.values_mut() {
+                c.forget(*s);
+            }
+        }
+        if let Store::Memory(m) = &self.store {
+            let mut m = m.borrow_mut();
+            for s in seqs {
+                m.remove(s);
+            }
+        } else {
+            self.deleted.borrow_mut().extend(seqs.iter().copied());
+        }
+        self.dirty.set(true);
+    }
+
+    async fn read(&self, seq: u64) -> Option<Bytes> {
+        match &self.store {
+            Store::Memory(m) => m.borrow().get(&seq).cloned(),
+            Store::File(part) => {
+                let bytes = part.log.read(Offset(seq as i64 - 1), 1).await.ok()?;
+                let (found, _) = batch::split_batches(&bytes, false);
+                let (h, range) = found.into_iter().next()?;
+                (h.base_offset as u64 + 1 == seq).then(|| Bytes::copy_from_slice(&bytes[range]))
+            }
+        }
+    }
+
+    pub async fn get(&self, seq: u64, last_by_subject: &str) -> Result<StoredMsg, Refusal> {
+        let seq = if last_by_subject.is_empty() {
+            seq
+        } else {
+            self.state
+                .borrow()
+                .last_by_subject(last_by_subject)
+                .ok_or((status::NOT_FOUND, "no message found".to_string()))?
+        };
+        let live = {
+            let st = self.state.borrow();
+            st.contains(seq) && seq <= st.visible()
+        };
+        if !live {
+            return Err((status::NOT_FOUND, "no message found".into()));
+        }
+        let bytes = self
+            .read(seq)
+            .await
+            .ok_or((status::NOT_FOUND, "no message found".to_string()))?;
+        let p = parse_message(&bytes)?;
+        Ok(StoredMsg {
+            subject: p.subject,
+            seq,
+            timestamp_ms: p.timestamp_ms,
+            headers: p.headers,
+            data: p.data,
+        })
+    }
+
+    pub fn purge(&self, req: &PurgeRequest) -> u64 {
+        let removed = self.state.borrow_mut().purge(req);
+        self.removed(&removed);
+        self.changed.notify_all();
+        removed.len() as u64
+    }
+
+    pub fn info(&self, subjects_filter: &str) -> StreamInfo {
+        let st = self.state.borrow();
+        StreamInfo {
+            config: st.config.clone(),
+            state: st.state(subjects_filter, self.consumers.borrow().len() as u32),
+            created_ms: st.created_ms,
+        }
+    }
+
+    pub fn add_consumer(&self, mut config: ConsumerConfig) -> Result<ConsumerInfo, Refusal> {
+        sluice_core::consumer::validate_config(&config).map_err(|m| (status::BAD_REQUEST, m))?;
+        let retention = self.state.borrow().retention();
+        let mut consumers = self.consumers.borrow_mut();
+        let name = if config.durable_name.is_empty() {
+            let n = self.next_ephemeral.get() + 1;
+            self.next_ephemeral.set(n);
+            format!("eph-{:x}-{n}", wall_clock_ms())
+        } else {
+            config.durable_name.clone()
+        };
+        if let Some(existing) = consumers.get(&name) {
+            if existing.config == config {
+                return Ok(existing.info(&self.state.borrow(), self.num_waiting(&name)));
+            }
+            return Err((
+                status::CONFLICT,
+                format!("consumer {name} already exists with a different configuration"),
+            ));
+        }
+        if retention == Retention::WorkQueue {
+            // Each message goes to one consumer: their filters may not overlap.
+            let overlapping = consumers.values().any(|c| {
+                let (a, b) = (&c.config.filter_subjects, &config.filter_subjects);
+                a.is_empty()
+                    || b.is_empty()
+                    || a.iter()
+                        .any(|x| b.iter().any(|y| sluice_core::subject::overlaps(x, y)))
+            });
+            if overlapping {
+                return Err((
+                    status::BAD_REQUEST,
+                    "work-queue streams need consumers with non-overlapping filters".into(),
+                ));
+            }
+            if config.ack_policy != AckPolicy::Explicit {
+                return Err((
+                    status::BAD_REQUEST,
+                    "work-queue consumers must use explicit acks".into(),
+                ));
+            }
+        }
+        if config.durable_name.is_empty() {
+            config.durable_name = String::new();
+        }
+        let st = self.state.borrow();
+        let c = Consumer::new(&self.name, &name, config, &st, wall_clock_ms() as i64);
+        let info = c.info(&st, 0);
+        consumers.insert(name, c);
+        self.dirty.set(true);
+        self.changed.notify_all();
+        Ok(info)
+    }
+
+    fn num_waiting(&self, name: &str) -> u64 {
+        self.waiting.borrow().get(name).copied().unwrap_or(0)
+    }
+
+    pub fn consumer_info(&self, name: &str) -> Result<ConsumerInfo, Refusal> {
+        let consumers = self.consumers.borrow();
+        let c = consumers
+            .get(name)
+            .ok_or((status::NOT_FOUND, format!("consumer {name} not found")))?;
+        Ok(c.info(&self.state.borrow(), self.num_waiting(name)))
+    }
+
+    pub fn consumer_infos(&self) -> Vec<ConsumerInfo> {
+        let st = self.state.borrow();
+        self.consumers
+            .borrow()
+            .iter()
+            .map(|(n, c)| c.info(&st, self.num_waiting(n)))
+            .collect()
+    }
+
+    pub fn delete_consumer(&self, name: &str) -> Result<(), Refusal> {
+        if self.consumers.borrow_mut().remove(name).is_none() {
+            return Err((status::NOT_FOUND, format!("consumer {name} not found")));
+        }
+        self.after_consumer_change();
+        Ok(())
+    }
+
+    /// Under interest retention, messages no remaining consumer needs go.
+    fn after_consumer_change(&self) {
+        self.dirty.set(true);
+        if self.state.borrow().retention() == Retention::Interest {
+            self.drop_uninteresting();
+        }
+        self.changed.notify_all();
+    }
+
+    fn drop_uninteresting(&self) {
+        let doomed: Vec<u64> = {
+            let st = self.state.borrow();
+            let consumers = self.consumers.borrow();
+            let mut out = Vec::new();
+            let mut seq = st.first_seq();
+            while let Some(s) = st.next_matching(seq, &[]) {
+                let subject = st.subject_of(s).unwrap_or_default();
+                if !consumers.values().any(|c| c.needs(s, subject)) {
+                    out.push(s);
+                }
+                seq = s + 1;
+            }
+            out
+        };
+        let mut st = self.state.borrow_mut();
+        for s in &doomed {
+            st.remove(*s);
+        }
+        drop(st);
+        self.removed(&doomed);
+    }
+
+    /// Acknowledgement of one delivered message.
+    pub fn ack(&self, consumer: &str, seq: u64, kind: AckKind) -> Result<(), Refusal> {
+        let now = wall_clock_ms() as i64;
+        let done = {
+            let mut consumers = self.consumers.borrow_mut();
+            let c = consumers
+                .get_mut(consumer)
+                .ok_or((status::NOT_FOUND, format!("consumer {consumer} not found")))?;
+            c.ack(now, seq, kind).done
+        };
+        self.dirty.set(true);
+        if !done.is_empty() {
+            self.consumer_done(&done);
+        }
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// A consumer is done with `seqs`: work-queue streams drop them, interest streams drop
+    /// them once no consumer needs them.
+    fn consumer_done(&self, seqs: &[u64]) {
+        let retention = self.state.borrow().retention();
+        let doomed: Vec<u64> = match retention {
+            Retention::Limits => return,
+            Retention::WorkQueue => seqs.to_vec(),
+            Retention::Interest => {
+                let st = self.state.borrow();
+                let consumers = self.consumers.borrow();
+                seqs.iter()
+                    .copied()
+                    .filter(|s| {
+                        let subject = st.subject_of(*s).unwrap_or_default();
+                        !consumers.values().any(|c| c.needs(*s, subject))
+                    })
+                    .collect()
+            }
+        };
+        let mut st = self.state.borrow_mut();
+        let doomed: Vec<u64> = doomed.into_iter().filter(|s| st.remove(*s)).collect();
+        drop(st);
+        self.removed(&doomed);
+    }
+
+    /// Takes up to `batch` messages for a consumer now (no waiting). Dead messages (past
+    /// max_deliver) are returned separately.
+    async fn take(
+        &self,
+        consumer: &str,
+        batch: u32,
+        max_bytes: u64,
+    ) -> Result<(Vec<Delivered>, Vec<(u64, u32)>), Refusal> {
+        let mut out = Vec::new();
+        let mut dead_out = Vec::new();
+        let mut bytes = 0u64;
+        while out.len() < batch as usize {
+            let now = wall_clock_ms() as i64;
+            let mut dead = Vec::new();
+            let (d, subject, deliveries_max) = {
+                let st = self.state.borrow();
+                let mut consumers = self.consumers.borrow_mut();
+                let c = consumers
+                    .get_mut(consumer)
+                    .ok_or((status::NOT_FOUND, format!("consumer {consumer} not found")))?;
+                c.last_active_ms = now;
+                let d = c.next(now, &st, &mut dead);
+                let subject = d
+                    .and_then(|d| st.subject_of(d.stream_seq))
+                    .unwrap_or_default()
+                    .to_string();
+                (d, subject, c.config.max_deliver.max(0) as u32)
+            };
+            dead_out.extend(dead.into_iter().map(|s| (s, deliveries_max)));
+            let Some(d) = d else { break };
+            let Some(bytes_of) = self.read(d.stream_seq).await else {
+                continue; // removed meanwhile
+            };
+            let ack_none = self
+                .consumers
+                .borrow()
+                .get(consumer)
+                .is_some_and(|c| c.config.ack_policy == AckPolicy::None);
+            bytes += bytes_of.len() as u64;
+            out.push(Delivered {
+                subject,
+                meta: MsgMeta {
+                    stream: self.name.clone(),
+                    consumer: consumer.to_string(),
+                    stream_seq: d.stream_seq,
+                    consumer_seq: d.consumer_seq,
+                    deliveries: d.deliveries,
+                    pending: d.pending,
+                    timestamp_ms: self.state.borrow().timestamp_of(d.stream_seq).unwrap_or(0),
+                },
+                batch: bytes_of,
+            });
+            if ack_none {
+                self.consumer_done(&[d.stream_seq]);
+            }
+            if max_bytes > 0 && bytes >= max_bytes {
+                break;
+            }
+        }
+        if !out.is_empty() || !dead_out.is_empty() {
+            self.dirty.set(true);
+        }
+        Ok((out, dead_out))
+    }
+
+    /// A pull request: waits (up to `expires`) until at least one message is available, then
+    /// returns what is there, up to the batch and byte limits. `Ok(empty)` means it expired
+    /// (or `no_wait` found nothing).
+    pub async fn fetch(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        req: &FetchRequest,
+        deadline_ms: u64,
+    ) -> Result<Vec<Delivered>, Refusal> {
+        let max_waiting = self
+            .consumers
+            .borrow()
+            .get(&req.consumer)
+            .map(|c| c.config.max_waiting)
+            .ok_or((
+                status::NOT_FOUND,
+                format!("consumer {} not found", req.consumer),
+            ))?;
+        if max_waiting > 0 && self.num_waiting(&req.consumer) as i64 >= max_waiting {
+            return Err((status::CONFLICT, "exceeded MaxWaiting".into()));
+        }
+        *self
+            .waiting
+            .borrow_mut()
+            .entry(req.consumer.clone())
+            .or_default() += 1;
+        let result = self.fetch_inner(shard, req, deadline_ms).await;
+        if let Some(n) = self.waiting.borrow_mut().get_mut(&req.consumer) {
+            *n -= 1;
+        }
+        result
+    }
+
+    async fn fetch_inner(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        req: &FetchRequest,
+        deadline_ms: u64,
+    ) -> Result<Vec<Delivered>, Refusal> {
+        loop {
+            let changed = self.changed.notified();
+            let (got, dead) = self
+                .take(&req.consumer, req.batch.max(1), req.max_bytes)
+                .await?;
+            self.dead_letter(shard, &req.consumer, dead).await;
+            if !got.is_empty() || req.no_wait {
+                return Ok(got);
+            }
+            let now = wall_clock_ms();
+            if now >= deadline_ms {
+                return Ok(Vec::new());
+            }
+            // Also wake for redelivery deadlines (ack_wait / nak delays) and shutdown.
+            let wait = (deadline_ms - now).min(100);
+            futures_lite::future::or(changed, async {
+                glommio::timer::sleep(std::time::Duration::from_millis(wait)).await
+            })
+            .await;
+            if shard.is_stopping() {
+                return Ok(Vec::new());
+            }
+        }
+    }
+
+    /// Moves messages that reached max_deliver to the consumer's dead-letter stream, with
+    /// headers recording where they came from; drops them from a work-queue or interest
+    /// stream (they will not be delivered again).
+    async fn dead_letter(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        consumer: &str,
+        dead: Vec<(u64, u32)>,
+    ) {
+        if dead.is_empty() {
+            return;
+        }
+        let target = self
+            .consumers
+            .borrow()
+            .get(consumer)
+            .map(|c| c.config.dead_letter_stream.clone())
+            .unwrap_or_default();
+        for (seq, deliveries) in &dead {
+            if target.is_empty() {
+                continue;
+            }
+            let Some(bytes) = self.read(*seq).await else {
+                continue;
+            };
+            let Ok(p) = parse_message(&bytes) else {
+                continue;
+            };
+            let mut headers = p.headers.clone();
+            headers.retain(|(k, _)| k != MSG_ID_HEADER && k != EXPECTED_LAST_SEQ_HEADER);
+            headers.push((
+                "Sluice-Dead-Letter-Stream".into(),
+                self.name.clone().into_bytes(),
+            ));
+            headers.push((
+                "Sluice-Dead-Letter-Consumer".into(),
+                consumer.as_bytes().to_vec(),
+            ));
+            headers.push((
+                "Sluice-Dead-Letter-Sequence".into(),
+                seq.to_string().into_bytes(),
+            ));
+            headers.push((
+                "Sluice-Dead-Letter-Deliveries".into(),
+                deliveries.to_string().into_bytes(),
+            ));
+            let batch = message_batch(&p.subject, &headers, &p.data, wall_clock_ms() as i64);
+            if let Err((_, m)) = store_direct(shard, &target, &p.subject, batch).await {
+                eprintln!(
+                    "sluice: dead-lettering {}#{seq} to stream {target} failed: {m}",
+                    self.name
+                );
+            }
+        }
+        let seqs: Vec<u64> = dead.iter().map(|(s, _)| *s).collect();
+        self.consumer_done(&seqs);
+    }
+
+    /// Removes expired messages (max_age) and saves state if anything changed.
+    pub async fn housekeeping(&self) {
+        let expired = self.state.borrow_mut().expire(wall_clock_ms() as i64);
+        self.removed(&expired);
+        if self.dirty.replace(false) {
+            if let Err(e) = self.save().await {
+                eprintln!("sluice: saving stream {} state failed: {e}", self.name);
+                self.dirty.set(true);
+            }
+        }
+    }
+
+    /// Writes the state file (temporary file, fsync, rename); moves the log start past a
+    /// removed prefix so whole segments can go.
+    pub async fn save(&self) -> std::io::Result<()> {
+        if let Store::File(part) = &self.store {
+            let first = self.state.borrow().first_seq();
+            let start = part.log.start_offset().0 as u64 + 1;
+            if first > start && first - 1 <= part.log.acked_end().0 as u64 {
+                if let Ok(o) = part
+                    .log
+                    .delete_records_before(Offset(first as i64 - 1))
+                    .await
+                {
+                    let keep_from = o.0 as u64 + 1;
+                    self.deleted.borrow_mut().retain(|s| *s >= keep_from);
+                }
+            }
+        }
+        let saved = SavedState {
+            deleted: ranges(&self.deleted.borrow()),
+            consumers: self
+                .consumers
+                .borrow()
+                .iter()
+                .map(|(n, c)| SavedConsumer {
+                    name: n.clone(),
+                    config: c.config.clone(),
+                    created_ms: c.created_ms,
+                    snapshot: c.snapshot(),
+                })
+                .collect(),
+        };
+        let bytes = serde_json::to_vec(&saved).expect("state serializes");
+        write_atomic(&self.dir.join("state.json"), &bytes)
+    }
+
+    pub fn remove_files(&self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn write_atomic(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_data()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(path.parent().expect("dir"))?.sync_all()
+}
+
+/// Decodes a saved stream state file (fuzzed: disk bytes).
+pub fn decode_state(bytes: &[u8]) -> bool {
+    serde_json::from_slice::<SavedState>(bytes).is_ok()
+}
+
+/// Stores a message in the stream named `name` on its owner shard (whatever its subjects).
+pub async fn store_direct(
+    shard: &Rc<Shard>,
+    name: &str,
+    subject: &str,
+    batch: Vec<u8>,
+) -> Result<PubAck, Refusal> {
+    let owner = shard.owner(name, 0);
+    let (name, subject) = (name.to_string(), subject.to_string());
+    shard
+        .submit_to(owner, move |s| {
+            Box::pin(async move {
+                let home = s
+                    .native
+                    .stream(&name)
+                    .ok_or((status::NOT_FOUND, format!("stream {name} not found")))?;
+                home.publish(&subject, batch).await
+            })
+        })
+        .await
+}
