@@ -46,3 +46,93 @@ impl Drop for TestDir {
         }
     }
 }
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// A running `sluice serve` on loopback ports, stopped with SIGTERM when dropped.
+pub struct Broker {
+    pub dir: PathBuf,
+    pub kafka: String,
+    pub native: String,
+    child: Option<std::process::Child>,
+    extra: Vec<String>,
+}
+
+impl Broker {
+    pub fn start(dir: &std::path::Path, extra: &[&str]) -> Broker {
+        let mut b = Broker {
+            dir: dir.to_path_buf(),
+            kafka: format!("127.0.0.1:{}", free_port()),
+            native: format!("127.0.0.1:{}", free_port()),
+            child: None,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        b.spawn();
+        b
+    }
+
+    fn spawn(&mut self) {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(sluice_bin())
+            .args(["serve", "--data-dir"])
+            .arg(&self.dir)
+            .args([
+                "--kafka-listen",
+                &self.kafka,
+                "--native-listen",
+                &self.native,
+            ])
+            .args(["--shards", "2"])
+            .args(&self.extra)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start sluice serve");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("read ready line");
+        assert!(
+            line.starts_with("sluice ready"),
+            "broker did not start: {line:?}"
+        );
+        self.child = Some(child);
+    }
+
+    /// Stops with SIGTERM (clean shutdown) and waits; returns the exit status code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let mut child = self.child.take()?;
+        // SAFETY: plain kill(2) on our own child's pid.
+        unsafe { libc_kill(child.id() as i32, 15) };
+        child.wait().ok()?.code()
+    }
+
+    /// kill -9.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same data directory and ports.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop or kill the broker first");
+        self.spawn();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}

@@ -68,12 +68,15 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
     }
 }
 
+/// A connection's subscription: its pattern and queue group.
+type ConnSub = (String, Option<Arc<str>>);
+
 struct Conn {
     id: u64,
     shard: Rc<Shard>,
     out: Rc<ConnOut>,
     /// (sid → pattern, queue) of this connection's subscriptions.
-    subs: RefCell<std::collections::HashMap<u32, (String, Option<Arc<str>>)>>,
+    subs: RefCell<std::collections::HashMap<u32, ConnSub>>,
     in_flight: Cell<usize>,
     settled: Notify,
 }
@@ -147,7 +150,7 @@ async fn serve(shard: &Rc<Shard>, stream: TcpStream) -> std::io::Result<()> {
     });
     let result = read_loop(&conn, &mut reader).await;
     // Cleanup: subscriptions everywhere, then the connection.
-    let subs: Vec<(u32, (String, Option<Arc<str>>))> = conn.subs.borrow_mut().drain().collect();
+    let subs: Vec<(u32, ConnSub)> = conn.subs.borrow_mut().drain().collect();
     for (sid, (pattern, queue)) in subs {
         let key = SubKey {
             shard: shard.id,

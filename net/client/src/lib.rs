@@ -1,0 +1,810 @@
+//! The Rust client of Sluice's native protocol, for ordinary tokio applications (it does not
+//! pull in the server): core publish/subscribe with `*`/`>` wildcards and queue groups,
+//! request-reply with timeouts, streams and consumers (JetStream's model), pull fetches and
+//! per-message acknowledgement.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), sluice_client::Error> {
+//! use sluice_client::{Client, StreamConfig};
+//! let client = Client::connect("127.0.0.1:7575").await?;
+//! client
+//!     .add_stream(StreamConfig {
+//!         name: "ORDERS".into(),
+//!         subjects: vec!["orders.*".into()],
+//!         ..Default::default()
+//!     })
+//!     .await?;
+//! let ack = client.publish_ack("orders.1", b"hello", Default::default()).await?;
+//! println!("stored as {}", ack.seq);
+//! # Ok(()) }
+//! ```
+//!
+//! One connection carries every request; each gets a correlation id and is answered on its
+//! own, so many can be in flight. Messages are Kafka RecordBatch v2 bytes on the wire (the
+//! subject is the record key), exactly what a stream stores.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use sluice_core::batch::{self, BatchBuilder, Compression};
+use sluice_core::native::{
+    self, flag, op, status, Ack, AckKind, AdminRequest, AdminResponse, FetchRequest, Header, Hello,
+    HelloOk, Msg, Pub, Sub,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
+
+pub use sluice_core::native::{
+    AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, Discard, MsgMeta, PubAck, PurgeRequest,
+    Retention, SequencePair, Storage, StoredMsg, StreamConfig, StreamInfo, StreamState,
+};
+
+/// Header carrying a publish's message id (deduplication within the stream's window).
+pub const MSG_ID_HEADER: &str = "Sluice-Msg-Id";
+/// Header making a publish conditional on the stream's last sequence.
+pub const EXPECTED_LAST_SEQ_HEADER: &str = "Sluice-Expected-Last-Sequence";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// The server refused the request: a status code (400, 404, 409, 412, …) and why.
+    #[error("server error {status}: {message}")]
+    Server { status: u16, message: String },
+    #[error("no responders for {0}")]
+    NoResponders(String),
+    #[error("timed out")]
+    Timeout,
+    #[error("connection closed")]
+    Closed,
+}
+
+impl Error {
+    /// The server's status code, if the server refused the request.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            Error::Server { status, .. } => Some(*status),
+            Error::NoResponders(_) => Some(status::NO_RESPONDERS),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Frame {
+    header: Header,
+    body: Bytes,
+}
+
+enum Waiter {
+    Once(oneshot::Sender<Frame>),
+    Stream(mpsc::UnboundedSender<Frame>),
+}
+
+struct Inner {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    waiters: Mutex<HashMap<u32, Waiter>>,
+    subs: Mutex<HashMap<u32, mpsc::UnboundedSender<Message>>>,
+    /// Replies to this client's requests, by inbox token.
+    replies: Mutex<HashMap<String, oneshot::Sender<Message>>>,
+    inbox: String,
+    inbox_sid: tokio::sync::OnceCell<u32>,
+    next_corr: AtomicU32,
+    next_sid: AtomicU32,
+    next_token: AtomicU32,
+    server: String,
+}
+
+/// A connection to a Sluice server. Cheap to clone; all clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("server", &self.inner.server)
+            .finish()
+    }
+}
+
+/// A received message.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub subject: String,
+    pub reply: String,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub data: Vec<u8>,
+    /// Set for messages delivered by a stream consumer.
+    pub meta: Option<MsgMeta>,
+    client: Option<Client>,
+}
+
+impl Message {
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+
+    async fn acknowledge(&self, kind: AckKind, wait: bool) -> Result<(), Error> {
+        let (Some(meta), Some(client)) = (&self.meta, &self.client) else {
+            return Err(Error::Protocol("not a consumer message".into()));
+        };
+        let mut body = Vec::new();
+        Ack {
+            kind,
+            stream: &meta.stream,
+            consumer: &meta.consumer,
+            stream_seq: meta.stream_seq,
+        }
+        .encode(&mut body);
+        if wait {
+            client.call(op::ACK, 0, body).await.map(|_| ())
+        } else {
+            client.send(op::ACK, 0, 0, body)
+        }
+    }
+
+    /// Acknowledges the message (fire-and-forget).
+    pub async fn ack(&self) -> Result<(), Error> {
+        self.acknowledge(AckKind::Ack, false).await
+    }
+    /// Acknowledges and waits for the server to confirm.
+    pub async fn ack_sync(&self) -> Result<(), Error> {
+        self.acknowledge(AckKind::Ack, true).await
+    }
+    /// Asks for redelivery now.
+    pub async fn nak(&self) -> Result<(), Error> {
+        self.acknowledge(AckKind::Nak { delay_ms: 0 }, false).await
+    }
+    /// Asks for redelivery after `delay`.
+    pub async fn nak_with_delay(&self, delay: Duration) -> Result<(), Error> {
+        self.acknowledge(
+            AckKind::Nak {
+                delay_ms: delay.as_millis() as u64,
+            },
+            false,
+        )
+        .await
+    }
+    /// Never redeliver this message.
+    pub async fn term(&self) -> Result<(), Error> {
+        self.acknowledge(AckKind::Term, false).await
+    }
+    /// Still working on it: restarts the ack wait.
+    pub async fn in_progress(&self) -> Result<(), Error> {
+        self.acknowledge(AckKind::InProgress, false).await
+    }
+}
+
+/// Options of a publish.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    pub headers: Vec<(String, Vec<u8>)>,
+    /// Deduplication id (`Sluice-Msg-Id`).
+    pub msg_id: Option<String>,
+    /// Store only if the stream's last sequence is this.
+    pub expected_last_seq: Option<u64>,
+    pub reply: Option<String>,
+}
+
+/// Options of a pull fetch.
+#[derive(Debug, Clone)]
+pub struct FetchOptions {
+    pub batch: u32,
+    pub max_bytes: u64,
+    pub expires: Duration,
+    pub no_wait: bool,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        FetchOptions {
+            batch: 1,
+            max_bytes: 0,
+            expires: Duration::from_secs(5),
+            no_wait: false,
+        }
+    }
+}
+
+/// A subscription: messages arrive in order; dropping it does not unsubscribe (call
+/// [`Subscription::unsubscribe`]).
+pub struct Subscription {
+    pub sid: u32,
+    rx: mpsc::UnboundedReceiver<Message>,
+    client: Client,
+}
+
+impl Subscription {
+    pub async fn next(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+    pub async fn unsubscribe(self) -> Result<(), Error> {
+        self.client.inner.subs.lock().unwrap().remove(&self.sid);
+        self.client
+            .call(op::UNSUB, 0, self.sid.to_be_bytes().to_vec())
+            .await
+            .map(|_| ())
+    }
+}
+
+fn decode_message(client: &Client, m: &Msg<'_>) -> Result<Message, Error> {
+    let records = batch::records(m.batch, 64 << 20).map_err(|e| Error::Protocol(e.to_string()))?;
+    let r = records
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Protocol("empty message batch".into()))?;
+    Ok(Message {
+        subject: m.subject.to_string(),
+        reply: m.reply.to_string(),
+        headers: r
+            .headers
+            .into_iter()
+            .map(|h| {
+                (
+                    String::from_utf8_lossy(&h.key).into_owned(),
+                    h.value.unwrap_or_default(),
+                )
+            })
+            .collect(),
+        data: r.value.unwrap_or_default(),
+        meta: m.meta.clone(),
+        client: Some(client.clone()),
+    })
+}
+
+/// Builds the single-record batch a message travels in.
+pub fn message_batch(subject: &str, headers: &[(String, Vec<u8>)], data: &[u8]) -> Vec<u8> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut b = BatchBuilder::new(Compression::None, now);
+    let hs: Vec<(&[u8], Option<&[u8]>)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_bytes(), Some(v.as_slice())))
+        .collect();
+    b.push(now, Some(subject.as_bytes()), Some(data), &hs);
+    b.build()
+}
+
+fn server_error(f: &Frame) -> Error {
+    let message = String::from_utf8_lossy(&f.body).into_owned();
+    if f.header.status == status::NO_RESPONDERS {
+        return Error::NoResponders(message);
+    }
+    Error::Server {
+        status: f.header.status,
+        message,
+    }
+}
+
+impl Client {
+    /// Connects and says HELLO.
+    pub async fn connect(addr: &str) -> Result<Client, Error> {
+        let stream = tokio::net::TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        let (mut rd, mut wr) = stream.into_split();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            let mut buf = Vec::with_capacity(64 << 10);
+            while let Some(f) = rx.recv().await {
+                buf.clear();
+                buf.extend_from_slice(&f);
+                while buf.len() < (256 << 10) {
+                    match rx.try_recv() {
+                        Ok(more) => buf.extend_from_slice(&more),
+                        Err(_) => break,
+                    }
+                }
+                if wr.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+            let _ = wr.shutdown().await;
+        });
+        let nuid = format!(
+            "{:x}{:x}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        );
+        let inner = Arc::new(Inner {
+            tx,
+            waiters: Mutex::new(HashMap::new()),
+            subs: Mutex::new(HashMap::new()),
+            replies: Mutex::new(HashMap::new()),
+            inbox: format!("_INBOX.{nuid}"),
+            inbox_sid: tokio::sync::OnceCell::new(),
+            next_corr: AtomicU32::new(1),
+            next_sid: AtomicU32::new(1),
+            next_token: AtomicU32::new(1),
+            server: addr.to_string(),
+        });
+        let client = Client {
+            inner: inner.clone(),
+        };
+        let reader_client = Client { inner };
+        tokio::spawn(async move {
+            let mut buf = BytesMut::with_capacity(64 << 10);
+            'read: loop {
+                loop {
+                    let split = native::split_frame(&buf, usize::MAX >> 1);
+                    let (h, body) = match split {
+                        Ok(Some(x)) => x,
+                        Ok(None) => break,
+                        Err(_) => break 'read,
+                    };
+                    let frame = buf.split_to(body.end).freeze();
+                    let body = frame.slice(body);
+                    reader_client.on_frame(Frame { header: h, body });
+                }
+                match rd.read_buf(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+            // Wake everyone waiting: the connection is gone.
+            reader_client.inner.waiters.lock().unwrap().clear();
+            reader_client.inner.subs.lock().unwrap().clear();
+            reader_client.inner.replies.lock().unwrap().clear();
+        });
+        let hello = native::to_body(&Hello {
+            version_min: native::VERSION_MIN,
+            version_max: native::VERSION_MAX,
+            client: format!("sluice-client {}", env!("CARGO_PKG_VERSION")),
+        });
+        let f = client.call(op::HELLO, 0, hello).await?;
+        native::from_body::<HelloOk>(&f.body).map_err(|e| Error::Protocol(e.0))?;
+        Ok(client)
+    }
+
+    pub fn server(&self) -> &str {
+        &self.inner.server
+    }
+
+    fn on_frame(&self, f: Frame) {
+        if f.header.op == op::MSG {
+            let Ok(m) = Msg::decode(&f.body) else {
+                return;
+            };
+            if m.sid == 0 {
+                if let Some(Waiter::Stream(tx)) =
+                    self.inner.waiters.lock().unwrap().get(&f.header.corr)
+                {
+                    let _ = tx.send(f);
+                }
+                return;
+            }
+            let Ok(msg) = decode_message(self, &m) else {
+                return;
+            };
+            if Some(&m.sid) == self.inner.inbox_sid.get() {
+                let token = msg
+                    .subject
+                    .rsplit('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                if let Some(tx) = self.inner.replies.lock().unwrap().remove(&token) {
+                    let _ = tx.send(msg);
+                }
+                return;
+            }
+            if let Some(tx) = self.inner.subs.lock().unwrap().get(&m.sid) {
+                let _ = tx.send(msg);
+            }
+            return;
+        }
+        let mut waiters = self.inner.waiters.lock().unwrap();
+        match waiters.get(&f.header.corr) {
+            Some(Waiter::Stream(tx)) => {
+                let end = f.header.op == op::FETCH_END || f.header.op == op::ERROR;
+                let corr = f.header.corr;
+                let _ = tx.send(f);
+                if end {
+                    waiters.remove(&corr);
+                }
+            }
+            Some(Waiter::Once(_)) => {
+                if let Some(Waiter::Once(tx)) = waiters.remove(&f.header.corr) {
+                    let _ = tx.send(f);
+                }
+            }
+            None => {}
+        }
+    }
+
+    fn send(&self, op: u8, flags: u8, corr: u32, body: Vec<u8>) -> Result<(), Error> {
+        let mut out = Vec::with_capacity(12 + body.len());
+        native::encode_frame(
+            &mut out,
+            Header {
+                op,
+                flags,
+                status: 0,
+                corr,
+            },
+            &body,
+        );
+        self.inner.tx.send(out).map_err(|_| Error::Closed)
+    }
+
+    fn corr(&self) -> u32 {
+        loop {
+            let c = self.inner.next_corr.fetch_add(1, Ordering::Relaxed);
+            if c != 0 {
+                return c;
+            }
+        }
+    }
+
+    /// Sends a request and waits for its one answer; ERROR frames become `Err`.
+    async fn call(&self, op: u8, flags: u8, body: Vec<u8>) -> Result<FrameOut, Error> {
+        let corr = self.corr();
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .waiters
+            .lock()
+            .unwrap()
+            .insert(corr, Waiter::Once(tx));
+        self.send(op, flags, corr, body)?;
+        let f = rx.await.map_err(|_| Error::Closed)?;
+        if f.header.op == op::ERROR {
+            return Err(server_error(&f));
+        }
+        Ok(FrameOut { body: f.body })
+    }
+
+    async fn admin(&self, req: AdminRequest) -> Result<AdminResponse, Error> {
+        let f = self.call(op::ADMIN, 0, native::to_body(&req)).await?;
+        native::from_body::<AdminResponse>(&f.body).map_err(|e| Error::Protocol(e.0))
+    }
+
+    /// Fire-and-forget publish (core pub/sub; stored too if a stream captures the subject).
+    pub fn publish(&self, subject: &str, data: &[u8]) -> Result<(), Error> {
+        self.publish_with(subject, data, PublishOptions::default())
+    }
+
+    pub fn publish_with(
+        &self,
+        subject: &str,
+        data: &[u8],
+        opts: PublishOptions,
+    ) -> Result<(), Error> {
+        let body = pub_body(subject, data, &opts);
+        self.send(op::PUB, 0, 0, body)
+    }
+
+    /// Publishes to a stream and waits for it to be stored (PubAck), or for the refusal.
+    pub async fn publish_ack(
+        &self,
+        subject: &str,
+        data: &[u8],
+        opts: PublishOptions,
+    ) -> Result<PubAck, Error> {
+        let body = pub_body(subject, data, &opts);
+        let f = self.call(op::PUB, flag::ACK, body).await?;
+        native::from_body::<PubAck>(&f.body).map_err(|e| Error::Protocol(e.0))
+    }
+
+    pub async fn subscribe(&self, subject: &str) -> Result<Subscription, Error> {
+        self.queue_subscribe(subject, "").await
+    }
+
+    /// Subscribes as a member of `queue`: each message goes to one member of the group.
+    pub async fn queue_subscribe(&self, subject: &str, queue: &str) -> Result<Subscription, Error> {
+        let sid = self.inner.next_sid.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inner.subs.lock().unwrap().insert(sid, tx);
+        let mut body = Vec::new();
+        Sub {
+            sid,
+            subject,
+            queue,
+        }
+        .encode(&mut body);
+        if let Err(e) = self.call(op::SUB, 0, body).await {
+            self.inner.subs.lock().unwrap().remove(&sid);
+            return Err(e);
+        }
+        Ok(Subscription {
+            sid,
+            rx,
+            client: self.clone(),
+        })
+    }
+
+    async fn inbox_sid(&self) -> Result<u32, Error> {
+        self.inner
+            .inbox_sid
+            .get_or_try_init(|| async {
+                let sid = self.inner.next_sid.fetch_add(1, Ordering::Relaxed);
+                let mut body = Vec::new();
+                let pattern = format!("{}.*", self.inner.inbox);
+                Sub {
+                    sid,
+                    subject: &pattern,
+                    queue: "",
+                }
+                .encode(&mut body);
+                self.call(op::SUB, 0, body).await?;
+                Ok::<u32, Error>(sid)
+            })
+            .await
+            .copied()
+    }
+
+    /// Sends a request and waits up to `timeout` for the first reply.
+    pub async fn request(
+        &self,
+        subject: &str,
+        data: &[u8],
+        timeout: Duration,
+    ) -> Result<Message, Error> {
+        self.inbox_sid().await?;
+        let token = self
+            .inner
+            .next_token
+            .fetch_add(1, Ordering::Relaxed)
+            .to_string();
+        let reply = format!("{}.{token}", self.inner.inbox);
+        let (tx, rx) = oneshot::channel();
+        self.inner.replies.lock().unwrap().insert(token.clone(), tx);
+        let opts = PublishOptions {
+            reply: Some(reply),
+            ..Default::default()
+        };
+        // With a correlation id the server answers NO_RESPONDERS if nobody listens.
+        let corr = self.corr();
+        let (etx, erx) = oneshot::channel();
+        self.inner
+            .waiters
+            .lock()
+            .unwrap()
+            .insert(corr, Waiter::Once(etx));
+        self.send(op::PUB, 0, corr, pub_body(subject, data, &opts))?;
+        let result = tokio::time::timeout(timeout, async {
+            tokio::select! {
+                m = rx => m.map_err(|_| Error::Closed),
+                f = erx => match f {
+                    Ok(f) => Err(server_error(&f)),
+                    Err(_) => Err(Error::Closed),
+                },
+            }
+        })
+        .await;
+        self.inner.replies.lock().unwrap().remove(&token);
+        self.inner.waiters.lock().unwrap().remove(&corr);
+        match result {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout),
+        }
+    }
+
+    // ---- streams ----
+
+    pub async fn add_stream(&self, config: StreamConfig) -> Result<StreamInfo, Error> {
+        match self.admin(AdminRequest::StreamAdd(config)).await? {
+            AdminResponse::Stream(i) => Ok(i),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn update_stream(&self, config: StreamConfig) -> Result<StreamInfo, Error> {
+        match self.admin(AdminRequest::StreamUpdate(config)).await? {
+            AdminResponse::Stream(i) => Ok(i),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Stream info; `subjects_filter` (e.g. `>`) adds per-subject counts.
+    pub async fn stream_info(
+        &self,
+        name: &str,
+        subjects_filter: &str,
+    ) -> Result<StreamInfo, Error> {
+        match self
+            .admin(AdminRequest::StreamInfo {
+                name: name.into(),
+                subjects_filter: subjects_filter.into(),
+            })
+            .await?
+        {
+            AdminResponse::Stream(i) => Ok(i),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn streams(&self) -> Result<Vec<StreamInfo>, Error> {
+        match self.admin(AdminRequest::StreamList).await? {
+            AdminResponse::Streams(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn delete_stream(&self, name: &str) -> Result<(), Error> {
+        self.admin(AdminRequest::StreamDelete(name.into()))
+            .await
+            .map(|_| ())
+    }
+
+    /// Purges messages; returns how many were removed.
+    pub async fn purge_stream(&self, name: &str, request: PurgeRequest) -> Result<u64, Error> {
+        match self
+            .admin(AdminRequest::StreamPurge {
+                name: name.into(),
+                request,
+            })
+            .await?
+        {
+            AdminResponse::Purged(n) => Ok(n),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn get_msg(&self, stream: &str, seq: u64) -> Result<StoredMsg, Error> {
+        self.get(stream, seq, "").await
+    }
+
+    pub async fn get_last_msg(&self, stream: &str, subject: &str) -> Result<StoredMsg, Error> {
+        self.get(stream, 0, subject).await
+    }
+
+    async fn get(&self, stream: &str, seq: u64, subject: &str) -> Result<StoredMsg, Error> {
+        match self
+            .admin(AdminRequest::StreamGet {
+                name: stream.into(),
+                seq,
+                last_by_subject: subject.into(),
+            })
+            .await?
+        {
+            AdminResponse::Msg(m) => Ok(m),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    // ---- consumers ----
+
+    pub async fn add_consumer(
+        &self,
+        stream: &str,
+        config: ConsumerConfig,
+    ) -> Result<ConsumerInfo, Error> {
+        match self
+            .admin(AdminRequest::ConsumerAdd {
+                stream: stream.into(),
+                config,
+            })
+            .await?
+        {
+            AdminResponse::Consumer(i) => Ok(i),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn consumer_info(&self, stream: &str, name: &str) -> Result<ConsumerInfo, Error> {
+        match self
+            .admin(AdminRequest::ConsumerInfo {
+                stream: stream.into(),
+                name: name.into(),
+            })
+            .await?
+        {
+            AdminResponse::Consumer(i) => Ok(i),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn consumers(&self, stream: &str) -> Result<Vec<ConsumerInfo>, Error> {
+        match self
+            .admin(AdminRequest::ConsumerList(stream.into()))
+            .await?
+        {
+            AdminResponse::Consumers(v) => Ok(v),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub async fn delete_consumer(&self, stream: &str, name: &str) -> Result<(), Error> {
+        self.admin(AdminRequest::ConsumerDelete {
+            stream: stream.into(),
+            name: name.into(),
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Pulls up to `opts.batch` messages from a pull consumer: returns as soon as at least one
+    /// is available (with whatever else is there at that moment), or empty when `expires`
+    /// passes (or at once with `no_wait`).
+    pub async fn fetch(
+        &self,
+        stream: &str,
+        consumer: &str,
+        opts: FetchOptions,
+    ) -> Result<Vec<Message>, Error> {
+        let corr = self.corr();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        self.inner
+            .waiters
+            .lock()
+            .unwrap()
+            .insert(corr, Waiter::Stream(tx));
+        let body = native::to_body(&FetchRequest {
+            stream: stream.into(),
+            consumer: consumer.into(),
+            batch: opts.batch,
+            max_bytes: opts.max_bytes,
+            expires_ms: opts.expires.as_millis() as u64,
+            no_wait: opts.no_wait,
+        });
+        self.send(op::FETCH, 0, corr, body)?;
+        let mut out = Vec::new();
+        loop {
+            let Some(f) = rx.recv().await else {
+                return Err(Error::Closed);
+            };
+            match f.header.op {
+                op::MSG => {
+                    let m = Msg::decode(&f.body).map_err(|e| Error::Protocol(e.0))?;
+                    out.push(decode_message(self, &m)?);
+                }
+                op::FETCH_END => {
+                    self.inner.waiters.lock().unwrap().remove(&corr);
+                    return match f.header.status {
+                        status::OK | status::NOT_FOUND | status::TIMEOUT => Ok(out),
+                        _ => Err(server_error(&f)),
+                    };
+                }
+                op::ERROR => {
+                    self.inner.waiters.lock().unwrap().remove(&corr);
+                    return Err(server_error(&f));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Round trip to the server.
+    pub async fn ping(&self) -> Result<(), Error> {
+        self.call(op::PING, 0, Vec::new()).await.map(|_| ())
+    }
+}
+
+struct FrameOut {
+    body: Bytes,
+}
+
+fn unexpected(r: AdminResponse) -> Error {
+    Error::Protocol(format!("unexpected answer {r:?}"))
+}
+
+fn pub_body(subject: &str, data: &[u8], opts: &PublishOptions) -> Vec<u8> {
+    let mut headers = opts.headers.clone();
+    if let Some(id) = &opts.msg_id {
+        headers.push((MSG_ID_HEADER.into(), id.clone().into_bytes()));
+    }
+    if let Some(s) = opts.expected_last_seq {
+        headers.push((EXPECTED_LAST_SEQ_HEADER.into(), s.to_string().into_bytes()));
+    }
+    let batch = message_batch(subject, &headers, data);
+    let mut body = Vec::with_capacity(8 + subject.len() + batch.len());
+    Pub {
+        subject,
+        reply: opts.reply.as_deref().unwrap_or(""),
+        batch: &batch,
+    }
+    .encode(&mut body);
+    body
+}

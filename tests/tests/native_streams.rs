@@ -1,0 +1,533 @@
+//! JetStream-style streams and consumers through the real `sluice` binary and the Rust client
+//! (`sluice-client`): work-queue redelivery (the must-show), retention modes, nak with
+//! delay, term, max_deliver into a dead-letter stream, max_ack_pending, dedup windows, memory
+//! vs file storage across a restart, pub/sub with queue groups, request-reply.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use sluice_client::{
+    AckPolicy, Client, ConsumerConfig, Error, FetchOptions, PublishOptions, PurgeRequest,
+    Retention, Storage, StreamConfig,
+};
+use sluice_tests::{Broker, TestDir};
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn stream(name: &str, subjects: &[&str], retention: Retention) -> StreamConfig {
+    StreamConfig {
+        name: name.into(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        retention,
+        ..StreamConfig::default()
+    }
+}
+
+fn pull(name: &str, ack_wait_ms: u64) -> ConsumerConfig {
+    ConsumerConfig {
+        durable_name: name.into(),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait_ms,
+        ..ConsumerConfig::default()
+    }
+}
+
+fn batch(n: u32, wait_ms: u64) -> FetchOptions {
+    FetchOptions {
+        batch: n,
+        expires: Duration::from_millis(wait_ms),
+        ..FetchOptions::default()
+    }
+}
+
+fn with_id(id: String) -> PublishOptions {
+    PublishOptions {
+        msg_id: Some(id),
+        ..PublishOptions::default()
+    }
+}
+
+/// Fetches until `n` messages arrived (or a fetch comes back empty).
+async fn fetch_n(c: &Client, s: &str, con: &str, n: usize) -> Vec<sluice_client::Message> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let got = c
+            .fetch(s, con, batch((n - out.len()).min(100) as u32, 2000))
+            .await
+            .unwrap();
+        if got.is_empty() {
+            break;
+        }
+        out.extend(got);
+    }
+    out
+}
+
+#[test]
+fn workqueue_redelivers_unacked_after_ack_wait() {
+    let dir = TestDir::new("native-wq");
+    let broker = Broker::start(&dir.0, &[]);
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        c.add_stream(stream("ORDERS", &["orders.*"], Retention::WorkQueue))
+            .await
+            .unwrap();
+        // 1,000 publishes; 10 of them repeat an earlier message id and are dropped.
+        let mut dups = 0;
+        for i in 0..1000u32 {
+            let id = if i % 100 == 99 { i - 50 } else { i };
+            let ack = c
+                .publish_ack(
+                    &format!("orders.{}", i % 7),
+                    format!("order {i}").as_bytes(),
+                    with_id(id.to_string()),
+                )
+                .await
+                .unwrap();
+            if ack.duplicate {
+                dups += 1;
+                assert_eq!(
+                    ack.seq,
+                    (i - 50 + 1 - (i - 50) / 100) as u64,
+                    "original sequence"
+                );
+            }
+        }
+        assert_eq!(dups, 10);
+        let info = c.stream_info("ORDERS", "").await.unwrap();
+        assert_eq!(info.state.messages, 990);
+
+        c.add_consumer("ORDERS", pull("workers", 1000))
+            .await
+            .unwrap();
+        let first = fetch_n(&c, "ORDERS", "workers", 500).await;
+        assert_eq!(first.len(), 500);
+        for m in &first {
+            m.ack_sync().await.unwrap();
+        }
+        let unacked = fetch_n(&c, "ORDERS", "workers", 10).await;
+        assert_eq!(unacked.len(), 10);
+        let unacked_seqs: BTreeSet<u64> = unacked
+            .iter()
+            .map(|m| m.meta.as_ref().unwrap().stream_seq)
+            .collect();
+        // After ack_wait they come back, before anything new.
+        tokio::time::sleep(Duration::from_millis(1300)).await;
+        let again = fetch_n(&c, "ORDERS", "workers", 10).await;
+        let again_seqs: BTreeSet<u64> = again
+            .iter()
+            .map(|m| m.meta.as_ref().unwrap().stream_seq)
+            .collect();
+        assert_eq!(again_seqs, unacked_seqs);
+        assert!(again
+            .iter()
+            .all(|m| m.meta.as_ref().unwrap().deliveries == 2));
+        let ci = c.consumer_info("ORDERS", "workers").await.unwrap();
+        assert_eq!(ci.num_redelivered, 10);
+        assert_eq!(ci.num_ack_pending, 10);
+        assert_eq!(ci.num_pending, 480);
+        // The stream counts only what is not acknowledged.
+        let info = c.stream_info("ORDERS", "").await.unwrap();
+        assert_eq!(info.state.messages, 490);
+    });
+}
+
+#[test]
+fn nak_delay_term_max_deliver_and_dead_letters() {
+    let dir = TestDir::new("native-dlq");
+    let broker = Broker::start(&dir.0, &[]);
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        c.add_stream(stream("JOBS", &["jobs.>"], Retention::WorkQueue))
+            .await
+            .unwrap();
+        c.add_stream(stream("JOBS_DLQ", &["dlq.jobs"], Retention::Limits))
+            .await
+            .unwrap();
+        let mut cfg = pull("w", 500);
+        cfg.max_deliver = 2;
+        cfg.dead_letter_stream = "JOBS_DLQ".into();
+        c.add_consumer("JOBS", cfg).await.unwrap();
+        for i in 0..3 {
+            c.publish_ack(&format!("jobs.{i}"), b"x", Default::default())
+                .await
+                .unwrap();
+        }
+        let got = fetch_n(&c, "JOBS", "w", 3).await;
+        assert_eq!(got.len(), 3);
+        // 1: nak with delay → back after the delay, not before.
+        got[0]
+            .nak_with_delay(Duration::from_millis(300))
+            .await
+            .unwrap();
+        // 2: term → never again, and gone from the work queue.
+        got[1].term().await.unwrap();
+        // 3: never acked → redelivered after ack_wait, then dead after max_deliver.
+        let none = c
+            .fetch(
+                "JOBS",
+                "w",
+                FetchOptions {
+                    batch: 3,
+                    no_wait: true,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        let back = c.fetch("JOBS", "w", batch(3, 1000)).await.unwrap();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].subject, "jobs.0");
+        assert_eq!(back[0].meta.as_ref().unwrap().deliveries, 2);
+        back[0].ack_sync().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let third = c.fetch("JOBS", "w", batch(3, 1000)).await.unwrap();
+        assert_eq!(third.len(), 1);
+        assert_eq!(third[0].subject, "jobs.2");
+        assert_eq!(third[0].meta.as_ref().unwrap().deliveries, 2);
+        // Not acked again: at the next deadline it reaches max_deliver and is dead-lettered.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let none = c
+            .fetch(
+                "JOBS",
+                "w",
+                FetchOptions {
+                    batch: 3,
+                    expires: Duration::from_millis(300),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+        assert!(none.is_empty());
+        let dead = c.get_msg("JOBS_DLQ", 1).await.unwrap();
+        assert_eq!(dead.subject, "jobs.2");
+        let h = |k: &str| {
+            dead.headers
+                .iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| String::from_utf8(v.clone()).unwrap())
+        };
+        assert_eq!(h("Sluice-Dead-Letter-Stream").as_deref(), Some("JOBS"));
+        assert_eq!(h("Sluice-Dead-Letter-Consumer").as_deref(), Some("w"));
+        assert_eq!(h("Sluice-Dead-Letter-Sequence").as_deref(), Some("3"));
+        assert_eq!(h("Sluice-Dead-Letter-Deliveries").as_deref(), Some("2"));
+        let info = c.stream_info("JOBS", "").await.unwrap();
+        assert_eq!(
+            info.state.messages, 0,
+            "acked, terminated and dead-lettered are all gone"
+        );
+        let ci = c.consumer_info("JOBS", "w").await.unwrap();
+        assert_eq!((ci.num_ack_pending, ci.num_pending), (0, 0));
+    });
+}
+
+#[test]
+fn max_ack_pending_stalls_and_resumes() {
+    let dir = TestDir::new("native-map");
+    let broker = Broker::start(&dir.0, &[]);
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        c.add_stream(stream("EV", &["ev.>"], Retention::Limits))
+            .await
+            .unwrap();
+        let mut cfg = pull("slow", 30_000);
+        cfg.max_ack_pending = 5;
+        c.add_consumer("EV", cfg).await.unwrap();
+        for i in 0..20 {
+            c.publish_ack("ev.a", format!("{i}").as_bytes(), Default::default())
+                .await
+                .unwrap();
+        }
+        let got = c.fetch("EV", "slow", batch(20, 500)).await.unwrap();
+        assert_eq!(got.len(), 5, "at most max_ack_pending outstanding");
+        let stalled = c.fetch("EV", "slow", batch(20, 300)).await.unwrap();
+        assert!(stalled.is_empty());
+        got[0].ack_sync().await.unwrap();
+        got[1].ack_sync().await.unwrap();
+        let more = c.fetch("EV", "slow", batch(20, 500)).await.unwrap();
+        assert_eq!(more.len(), 2);
+        assert_eq!(more[0].meta.as_ref().unwrap().stream_seq, 6);
+        // Limits retention: acks do not remove messages.
+        assert_eq!(c.stream_info("EV", "").await.unwrap().state.messages, 20);
+    });
+}
+
+#[test]
+fn interest_retention_keeps_messages_while_consumers_need_them() {
+    let dir = TestDir::new("native-interest");
+    let broker = Broker::start(&dir.0, &[]);
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        c.add_stream(stream("IN", &["in.*"], Retention::Interest))
+            .await
+            .unwrap();
+        // No consumer: not kept.
+        c.publish_ack("in.x", b"lost", Default::default())
+            .await
+            .unwrap();
+        assert_eq!(c.stream_info("IN", "").await.unwrap().state.messages, 0);
+        c.add_consumer("IN", pull("a", 30_000)).await.unwrap();
+        c.add_consumer("IN", pull("b", 30_000)).await.unwrap();
+        for i in 0..4 {
+            c.publish_ack("in.x", format!("{i}").as_bytes(), Default::default())
+                .await
+                .unwrap();
+        }
+        assert_eq!(c.stream_info("IN", "").await.unwrap().state.messages, 4);
+        for m in fetch_n(&c, "IN", "a", 4).await {
+            m.ack_sync().await.unwrap();
+        }
+        assert_eq!(
+            c.stream_info("IN", "").await.unwrap().state.messages,
+            4,
+            "b still needs them"
+        );
+        let b = fetch_n(&c, "IN", "b", 4).await;
+        b[0].ack_sync().await.unwrap();
+        b[1].ack_sync().await.unwrap();
+        assert_eq!(c.stream_info("IN", "").await.unwrap().state.messages, 2);
+        c.delete_consumer("IN", "b").await.unwrap();
+        assert_eq!(c.stream_info("IN", "").await.unwrap().state.messages, 0);
+    });
+}
+
+#[test]
+fn dedup_window_limits_purge_and_get() {
+    let dir = TestDir::new("native-dedup");
+    let broker = Broker::start(&dir.0, &[]);
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        let mut cfg = stream("D", &["d.>"], Retention::Limits);
+        cfg.duplicate_window_ms = 500;
+        cfg.max_msgs_per_subject = 3;
+        c.add_stream(cfg).await.unwrap();
+        let a = c
+            .publish_ack("d.1", b"a", with_id("m1".into()))
+            .await
+            .unwrap();
+        let b = c
+            .publish_ack("d.1", b"b", with_id("m1".into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (a.seq, a.duplicate, b.seq, b.duplicate),
+            (1, false, 1, true)
+        );
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let again = c
+            .publish_ack("d.1", b"c", with_id("m1".into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (again.seq, again.duplicate),
+            (2, false),
+            "after the window it is new"
+        );
+        for i in 0..5 {
+            c.publish_ack("d.2", format!("{i}").as_bytes(), Default::default())
+                .await
+                .unwrap();
+        }
+        let info = c.stream_info("D", ">").await.unwrap();
+        assert_eq!(info.state.messages, 5, "max_msgs_per_subject kept 3 of d.2");
+        assert_eq!(
+            info.state.subjects,
+            vec![("d.1".to_string(), 2), ("d.2".to_string(), 3)]
+        );
+        let last = c.get_last_msg("D", "d.2").await.unwrap();
+        assert_eq!((last.seq, last.data.as_slice()), (7, &b"4"[..]));
+        let wrong = c
+            .publish_ack(
+                "d.3",
+                b"x",
+                PublishOptions {
+                    expected_last_seq: Some(3),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(wrong.status(), Some(412));
+        let n = c
+            .purge_stream(
+                "D",
+                PurgeRequest {
+                    filter: "d.2".into(),
+                    keep: 1,
+                    seq: 0,
+                },
+            )
+            .await
+            .unwrap();
+        assert_eq!(n, 2);
+        assert_eq!(c.get_msg("D", 5).await.unwrap_err().status(), Some(404));
+        assert_eq!(c.stream_info("D", "").await.unwrap().state.messages, 3);
+        // Bad input gets clear errors.
+        let e = c
+            .add_stream(stream("X", &["d.*"], Retention::Limits))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(400), "{e}");
+        let e = c
+            .add_stream(stream("bad.name", &["z"], Retention::Limits))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status(), Some(400));
+        let e = c.stream_info("NOPE", "").await.unwrap_err();
+        assert_eq!(e.status(), Some(404));
+        let e = c
+            .publish_ack("nobody.home", b"x", Default::default())
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::NoResponders(_)), "{e}");
+    });
+}
+
+#[test]
+fn file_streams_survive_restart_memory_streams_do_not() {
+    let dir = TestDir::new("native-restart");
+    let mut broker = Broker::start(&dir.0, &[]);
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        c.add_stream(stream("F", &["f.*"], Retention::WorkQueue))
+            .await
+            .unwrap();
+        let mut mem = stream("M", &["m.*"], Retention::Limits);
+        mem.storage = Storage::Memory;
+        c.add_stream(mem).await.unwrap();
+        c.add_consumer("F", pull("w", 30_000)).await.unwrap();
+        for i in 0..100 {
+            c.publish_ack("f.x", format!("{i}").as_bytes(), with_id(format!("id{i}")))
+                .await
+                .unwrap();
+            c.publish_ack("m.x", b"m", Default::default())
+                .await
+                .unwrap();
+        }
+        for m in fetch_n(&c, "F", "w", 30).await {
+            m.ack_sync().await.unwrap();
+        }
+    });
+    assert_eq!(broker.stop(), Some(0));
+    broker.restart();
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        let f = c.stream_info("F", "").await.unwrap();
+        assert_eq!(
+            (f.state.messages, f.state.first_seq, f.state.last_seq),
+            (70, 31, 100)
+        );
+        let m = c.stream_info("M", "").await.unwrap();
+        assert_eq!(
+            m.state.messages, 0,
+            "memory storage does not survive a restart"
+        );
+        // Dedup state and consumer position survived too.
+        let dup = c
+            .publish_ack("f.x", b"again", with_id("id99".into()))
+            .await
+            .unwrap();
+        assert!(dup.duplicate);
+        let ci = c.consumer_info("F", "w").await.unwrap();
+        assert_eq!((ci.num_pending, ci.delivered.stream_seq), (70, 30));
+        let next = c.fetch("F", "w", batch(1, 1000)).await.unwrap();
+        assert_eq!(next[0].meta.as_ref().unwrap().stream_seq, 31);
+        assert_eq!(next[0].data, b"30");
+    });
+}
+
+#[test]
+fn pub_sub_queue_groups_and_request_reply() {
+    let dir = TestDir::new("native-pubsub");
+    let broker = Broker::start(&dir.0, &[]);
+    rt().block_on(async {
+        // Several connections, so that they land on both shards.
+        let mut clients = Vec::new();
+        for _ in 0..4 {
+            clients.push(Client::connect(&broker.native).await.unwrap());
+        }
+        let mut all = clients[0].subscribe("greet.>").await.unwrap();
+        let mut star = clients[1].subscribe("greet.*").await.unwrap();
+        let mut q1 = clients[2]
+            .queue_subscribe("greet.*", "workers")
+            .await
+            .unwrap();
+        let mut q2 = clients[3]
+            .queue_subscribe("greet.*", "workers")
+            .await
+            .unwrap();
+        let p = Client::connect(&broker.native).await.unwrap();
+        for i in 0..100 {
+            p.publish(&format!("greet.{i}"), format!("{i}").as_bytes())
+                .unwrap();
+        }
+        p.publish("greet.deep.er", b"deep").unwrap();
+        p.ping().await.unwrap();
+        let mut got_all = Vec::new();
+        for _ in 0..101 {
+            got_all.push(
+                tokio::time::timeout(Duration::from_secs(5), all.next())
+                    .await
+                    .unwrap()
+                    .unwrap(),
+            );
+        }
+        assert_eq!(got_all[0].subject, "greet.0");
+        assert_eq!(got_all[100].subject, "greet.deep.er");
+        let mut n_star = 0;
+        while n_star < 100 {
+            let m = tokio::time::timeout(Duration::from_secs(5), star.next())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(m.data, n_star.to_string().as_bytes(), "in publish order");
+            n_star += 1;
+        }
+        // The queue group shares the 100 messages: each exactly once.
+        let mut seen = BTreeSet::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while seen.len() < 100 && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                Some(m) = q1.next() => assert!(seen.insert(m.subject)),
+                Some(m) = q2.next() => assert!(seen.insert(m.subject)),
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+        assert_eq!(seen.len(), 100);
+        // Request-reply.
+        let responder = clients[2].clone();
+        let mut svc = responder.subscribe("svc.echo").await.unwrap();
+        tokio::spawn(async move {
+            while let Some(m) = svc.next().await {
+                let mut data = b"echo: ".to_vec();
+                data.extend_from_slice(&m.data);
+                responder.publish(&m.reply, &data).unwrap();
+            }
+        });
+        let r = p
+            .request("svc.echo", b"hi", Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(r.data, b"echo: hi");
+        let e = p
+            .request("svc.nobody", b"hi", Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::NoResponders(_)), "{e}");
+        let mut silent = clients[3].subscribe("svc.silent").await.unwrap();
+        let e = p
+            .request("svc.silent", b"hi", Duration::from_millis(300))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::Timeout), "{e}");
+        assert!(silent.next().await.is_some());
+    });
+}
