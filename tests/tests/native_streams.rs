@@ -531,3 +531,50 @@ fn pub_sub_queue_groups_and_request_reply() {
         assert!(silent.next().await.is_some());
     });
 }
+
+#[test]
+fn push_consumers_with_deliver_groups_and_flow_control() {
+    let dir = TestDir::new("native-push");
+    let broker = Broker::start(&dir.0, &[]);
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        c.add_stream(stream("P", &["p.>"], Retention::Limits)).await.unwrap();
+        // Two members of a deliver group on separate connections share the messages.
+        let a = Client::connect(&broker.native).await.unwrap();
+        let b = Client::connect(&broker.native).await.unwrap();
+        let mut sa = a.queue_subscribe("deliver.p", "grp").await.unwrap();
+        let mut sb = b.queue_subscribe("deliver.p", "grp").await.unwrap();
+        let cfg = ConsumerConfig {
+            durable_name: "pusher".into(),
+            deliver_subject: "deliver.p".into(),
+            deliver_group: "grp".into(),
+            ack_policy: AckPolicy::Explicit,
+            flow_control: true,
+            idle_heartbeat_ms: 200,
+            max_ack_pending: -1,
+            ..ConsumerConfig::default()
+        };
+        c.add_consumer("P", cfg).await.unwrap();
+        // 2 MiB in 2,000 messages: flow control has to be answered (by the library) 8 times.
+        let body = vec![7u8; 1000];
+        for i in 0..2000 {
+            c.publish_ack(&format!("p.{}", i % 10), &body, Default::default()).await.unwrap();
+        }
+        let mut seqs = BTreeSet::new();
+        let (mut na, mut nb) = (0, 0);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while seqs.len() < 2000 && tokio::time::Instant::now() < deadline {
+            tokio::select! {
+                Some(m) = sa.next() => { na += 1; seqs.insert(m.meta.as_ref().unwrap().stream_seq); m.ack().await.unwrap(); }
+                Some(m) = sb.next() => { nb += 1; seqs.insert(m.meta.as_ref().unwrap().stream_seq); m.ack().await.unwrap(); }
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+        assert_eq!(seqs.len(), 2000);
+        assert_eq!(na + nb, 2000, "each message to one member");
+        assert!(na > 0 && nb > 0, "both members got messages ({na}, {nb})");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ci = c.consumer_info("P", "pusher").await.unwrap();
+        assert_eq!((ci.num_pending, ci.num_ack_pending), (0, 0));
+    });
+}

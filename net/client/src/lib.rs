@@ -400,6 +400,16 @@ impl Client {
                 }
                 return;
             }
+            // Push consumers' status messages are the library's business: flow-control
+            // requests are answered, idle heartbeats dropped.
+            if msg.header("Status") == Some(b"100") {
+                if msg.header("Description") == Some(b"FlowControl Request")
+                    && !msg.reply.is_empty()
+                {
+                    let _ = self.publish(&msg.reply, b"");
+                }
+                return;
+            }
             if let Some(tx) = self.inner.subs.lock().unwrap().get(&m.sid) {
                 let _ = tx.send(msg);
             }

@@ -106,8 +106,8 @@ pub async fn handle(shard: &Rc<Shard>, req: AdminRequest) -> Result<AdminRespons
                     "a stream cannot be its own dead-letter stream".into(),
                 ));
             }
-            on_stream(shard, &stream, move |_, h| {
-                Box::pin(async move { h.add_consumer(config).map(AdminResponse::Consumer) })
+            on_stream(shard, &stream, move |s, h| {
+                Box::pin(async move { h.add_consumer(&s, config).map(AdminResponse::Consumer) })
             })
             .await
         }
@@ -237,14 +237,17 @@ pub async fn open_stream(shard: &Rc<Shard>, name: &str) -> Result<(), Refusal> {
     }
     let meta = shard.metadata();
     let sm = meta.streams.get(name).ok_or_else(|| not_found(name))?;
-    let home = StreamHome::open(shard, sm)
-        .await
-        .map_err(|m| (status::INTERNAL, m))?;
+    let home = Rc::new(
+        StreamHome::open(shard, sm)
+            .await
+            .map_err(|m| (status::INTERNAL, m))?,
+    );
     shard
         .native
         .streams
         .borrow_mut()
-        .insert(name.to_string(), Rc::new(home));
+        .insert(name.to_string(), home.clone());
+    home.start_push_all(shard);
     Ok(())
 }
 

@@ -426,6 +426,24 @@ fn publish(conn: &Rc<Conn>, h: Header, body: Bytes) -> Result<(), String> {
     }
     let subject = p.subject.to_string();
     let reply = p.reply.to_string();
+    if let Some(rest) = subject.strip_prefix("$FC.") {
+        // A push consumer's answer to flow control: $FC.<stream>.<consumer>.<token>.
+        let parts: Vec<&str> = rest.split('.').collect();
+        if let [stream, consumer, token] = parts[..] {
+            if let Ok(token) = token.parse::<u64>() {
+                let (stream, consumer) = (stream.to_string(), consumer.to_string());
+                let owner = conn.shard.owner(&stream, 0);
+                conn.shard.send_to(owner, move |s| {
+                    Box::pin(async move {
+                        if let Some(h) = s.native.stream(&stream) {
+                            h.flow_control_answered(&consumer, token);
+                        }
+                    })
+                });
+            }
+        }
+        return Ok(());
+    }
     let batch_start = body.len() - p.batch.len();
     let batch = body.slice(batch_start..);
     let shard = &conn.shard;

@@ -83,6 +83,28 @@ pub struct StreamHome {
     /// Pull requests parked per consumer (max_waiting).
     waiting: RefCell<HashMap<String, u64>>,
     next_ephemeral: Cell<u64>,
+    /// Push consumers' flow control: the outstanding request token, if any.
+    flow: RefCell<HashMap<String, u64>>,
+    next_flow_token: Cell<u64>,
+}
+
+/// Bytes a flow-controlled push consumer may be sent before it must answer a flow-control
+/// request.
+const FLOW_CONTROL_BYTES: u64 = 256 << 10;
+/// Messages taken per round of a push consumer.
+const PUSH_BATCH: u32 = 256;
+
+/// A status message's headers (JetStream's `Status: 100` heartbeats and flow control).
+fn status_batch(description: &str) -> Vec<u8> {
+    message_batch(
+        "",
+        &[
+            ("Status".into(), b"100".to_vec()),
+            ("Description".into(), description.as_bytes().to_vec()),
+        ],
+        &[],
+        wall_clock_ms() as i64,
+    )
 }
 
 /// Parses a stored or published single-message batch: subject (record key), headers, size.
@@ -254,6 +276,8 @@ impl StreamHome {
             deleted: RefCell::new(deleted),
             waiting: RefCell::new(HashMap::new()),
             next_ephemeral: Cell::new(0),
+            flow: RefCell::new(HashMap::new()),
+            next_flow_token: Cell::new(0),
         })
     }
 
@@ -421,7 +445,11 @@ impl StreamHome {
         }
     }
 
-    pub fn add_consumer(&self, mut config: ConsumerConfig) -> Result<ConsumerInfo, Refusal> {
+    pub fn add_consumer(
+        self: &Rc<Self>,
+        shard: &Rc<Shard>,
+        mut config: ConsumerConfig,
+    ) -> Result<ConsumerInfo, Refusal> {
         sluice_core::consumer::validate_config(&config).map_err(|m| (status::BAD_REQUEST, m))?;
         let retention = self.state.borrow().retention();
         let mut consumers = self.consumers.borrow_mut();
@@ -469,7 +497,13 @@ impl StreamHome {
         let st = self.state.borrow();
         let c = Consumer::new(&self.name, &name, config, &st, wall_clock_ms() as i64);
         let info = c.info(&st, 0);
-        consumers.insert(name, c);
+        let push = !c.config.deliver_subject.is_empty();
+        consumers.insert(name.clone(), c);
+        drop(consumers);
+        drop(st);
+        if push {
+            self.start_push(shard, name);
+        }
         self.dirty.set(true);
         self.changed.notify_all();
         Ok(info)
@@ -764,6 +798,108 @@ impl StreamHome {
         }
         let seqs: Vec<u64> = dead.iter().map(|(s, _)| *s).collect();
         self.consumer_done(&seqs);
+    }
+
+    /// Starts the delivery task of every push consumer (at open).
+    pub fn start_push_all(self: &Rc<Self>, shard: &Rc<Shard>) {
+        let names: Vec<String> = self
+            .consumers
+            .borrow()
+            .iter()
+            .filter(|(_, c)| !c.config.deliver_subject.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in names {
+            self.start_push(shard, n);
+        }
+    }
+
+    /// Delivers a push consumer's messages to its deliver subject (one member of its deliver
+    /// group each) while anyone listens, with idle heartbeats and flow control if asked.
+    pub fn start_push(self: &Rc<Self>, shard: &Rc<Shard>, consumer: String) {
+        let (home, shard) = (self.clone(), shard.clone());
+        glommio::spawn_local(async move { home.push_loop(&shard, &consumer).await }).detach();
+    }
+
+    async fn push_loop(self: &Rc<Self>, shard: &Rc<Shard>, consumer: &str) {
+        let mut last_sent = wall_clock_ms();
+        let mut since_flow = 0u64;
+        loop {
+            let changed = self.changed.notified();
+            if shard.is_stopping() || shard.native.stream(&self.name).is_none() {
+                return;
+            }
+            let Some(cfg) = self
+                .consumers
+                .borrow()
+                .get(consumer)
+                .map(|c| c.config.clone())
+            else {
+                return; // deleted
+            };
+            let subject = cfg.deliver_subject.clone();
+            let listening = !super::pubsub::targets(shard, &subject).is_empty();
+            let blocked = self.flow.borrow().contains_key(consumer);
+            let mut sent = 0;
+            if listening && !blocked {
+                match self.take(consumer, PUSH_BATCH, 0).await {
+                    Ok((msgs, dead)) => {
+                        self.dead_letter(shard, consumer, dead).await;
+                        for m in msgs {
+                            since_flow += m.batch.len() as u64;
+                            sent += 1;
+                            super::pubsub::route(shard, &subject, "", Some(m.meta), m.batch);
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+            let now = wall_clock_ms();
+            if sent > 0 {
+                last_sent = now;
+                if cfg.flow_control && since_flow >= FLOW_CONTROL_BYTES {
+                    since_flow = 0;
+                    let token = self.next_flow_token.get() + 1;
+                    self.next_flow_token.set(token);
+                    self.flow.borrow_mut().insert(consumer.to_string(), token);
+                    let reply = format!("$FC.{}.{consumer}.{token}", self.name);
+                    super::pubsub::route(
+                        shard,
+                        &subject,
+                        &reply,
+                        None,
+                        Bytes::from(status_batch("FlowControl Request")),
+                    );
+                }
+                continue;
+            }
+            if listening && cfg.idle_heartbeat_ms > 0 && now - last_sent >= cfg.idle_heartbeat_ms {
+                last_sent = now;
+                super::pubsub::route(
+                    shard,
+                    &subject,
+                    "",
+                    None,
+                    Bytes::from(status_batch("Idle Heartbeat")),
+                );
+            }
+            // New messages, acks, flow-control answers wake us; subscriptions appearing and
+            // redelivery deadlines are picked up within 50 ms.
+            futures_lite::future::or(changed, async {
+                glommio::timer::sleep(std::time::Duration::from_millis(50)).await
+            })
+            .await;
+        }
+    }
+
+    /// A push consumer answered flow-control request `token`.
+    pub fn flow_control_answered(&self, consumer: &str, token: u64) {
+        let mut flow = self.flow.borrow_mut();
+        if flow.get(consumer) == Some(&token) {
+            flow.remove(consumer);
+            drop(flow);
+            self.changed.notify_all();
+        }
     }
 
     /// Removes expired messages (max_age) and saves state if anything changed.
