@@ -6,6 +6,7 @@
 
 mod group_cmd;
 mod kafka_client;
+mod native_cmd;
 
 use std::cell::Cell;
 use std::io::Write;
@@ -35,6 +36,48 @@ enum Command {
     /// Consumer groups: list them, or show members, committed offsets and lag.
     #[command(subcommand)]
     Group(group_cmd::GroupCommand),
+    /// Streams (native protocol): add, info, ls, purge, rm, get.
+    Stream {
+        #[command(flatten)]
+        server: native_cmd::Server,
+        #[command(subcommand)]
+        cmd: native_cmd::StreamCommand,
+    },
+    /// Stream consumers (native protocol): add, info, ls, next, rm.
+    Consumer {
+        #[command(flatten)]
+        server: native_cmd::Server,
+        #[command(subcommand)]
+        cmd: native_cmd::ConsumerCommand,
+    },
+    /// Publish a message (stored if a stream captures the subject).
+    Pub {
+        #[command(flatten)]
+        server: native_cmd::Server,
+        #[command(flatten)]
+        args: native_cmd::PubArgs,
+    },
+    /// Subscribe to a subject (wildcards `*` and `>`), printing messages.
+    Sub {
+        #[command(flatten)]
+        server: native_cmd::Server,
+        #[command(flatten)]
+        args: native_cmd::SubArgs,
+    },
+    /// Send a request and print the first reply.
+    Req {
+        #[command(flatten)]
+        server: native_cmd::Server,
+        #[command(flatten)]
+        args: native_cmd::ReqArgs,
+    },
+    /// Answer requests on a subject (--echo: with their own body).
+    Reply {
+        #[command(flatten)]
+        server: native_cmd::Server,
+        #[command(flatten)]
+        args: native_cmd::ReplyArgs,
+    },
 }
 
 #[derive(Subcommand)]
@@ -286,6 +329,14 @@ fn main() -> ExitCode {
             .map_err(|e| e.to_string())
             .and_then(|r| r),
         Command::Group(cmd) => group_cmd::run(cmd),
+        Command::Stream { server, cmd } => native_cmd::run(server, native_cmd::Native::Stream(cmd)),
+        Command::Consumer { server, cmd } => {
+            native_cmd::run(server, native_cmd::Native::Consumer(cmd))
+        }
+        Command::Pub { server, args } => native_cmd::run(server, native_cmd::Native::Pub(args)),
+        Command::Sub { server, args } => native_cmd::run(server, native_cmd::Native::Sub(args)),
+        Command::Req { server, args } => native_cmd::run(server, native_cmd::Native::Req(args)),
+        Command::Reply { server, args } => native_cmd::run(server, native_cmd::Native::Reply(args)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
