@@ -96,7 +96,7 @@ pub struct StreamAdd {
 #[derive(Subcommand)]
 pub enum ConsumerCommand {
     /// Create a consumer on a stream.
-    Add(ConsumerAdd),
+    Add(Box<ConsumerAdd>),
     /// Show a consumer's configuration and state.
     Info { stream: String, name: String },
     /// List a stream's consumers.
@@ -417,6 +417,7 @@ fn deliver_policy(s: &str) -> Result<DeliverPolicy, String> {
 async fn consumer(c: &Client, cmd: ConsumerCommand, json: bool) -> Result<(), String> {
     match cmd {
         ConsumerCommand::Add(a) => {
+            let a = *a;
             if a.pull && a.target.is_some() {
                 return Err("--pull and --target exclude each other".into());
             }
