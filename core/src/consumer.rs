@@ -66,6 +66,9 @@ pub struct Consumer {
     due: BTreeSet<u64>,
     /// Deliver policy last_per_subject: these first.
     last_per_subject: VecDeque<u64>,
+    /// Matching messages at or after `next_seq`, kept up to date by [`Consumer::on_stored`]
+    /// and [`Consumer::on_removed`] so that every delivery can report it cheaply.
+    pending_count: u64,
     pub last_active_ms: i64,
 }
 
@@ -147,6 +150,7 @@ impl Consumer {
                 stream.last_seq() + 1
             }
         };
+        let pending_count = stream.count_matching(next_seq, &config.filter_subjects);
         Consumer {
             stream: stream_name.to_string(),
             name: name.to_string(),
@@ -158,7 +162,26 @@ impl Consumer {
             pending: BTreeMap::new(),
             due: BTreeSet::new(),
             last_per_subject,
+            pending_count,
             last_active_ms: now_ms,
+        }
+    }
+
+    /// A message was stored (and will become visible).
+    pub fn on_stored(&mut self, seq: u64, subject: &str) {
+        if seq >= self.next_seq && self.matches(subject) {
+            self.pending_count += 1;
+        }
+    }
+
+    /// A message was removed from the stream.
+    pub fn on_removed(&mut self, seq: u64, subject: &str) {
+        self.forget(seq);
+        if seq >= self.next_seq && self.matches(subject) {
+            self.pending_count = self.pending_count.saturating_sub(1);
+        }
+        if let Some(i) = self.last_per_subject.iter().position(|s| *s == seq) {
+            self.last_per_subject.remove(i);
         }
     }
 
@@ -174,7 +197,7 @@ impl Consumer {
 
     /// Restores durable state; every pending message becomes due at once (its ack_wait may
     /// have run out while the broker was down; a redelivery is the safe side).
-    pub fn restore(&mut self, snap: ConsumerSnapshot) {
+    pub fn restore(&mut self, snap: ConsumerSnapshot, stream: &Stream) {
         self.next_seq = snap.next_seq;
         self.delivered_consumer_seq = snap.delivered_consumer_seq;
         self.delivered_stream_seq = snap.delivered_stream_seq;
@@ -184,6 +207,7 @@ impl Consumer {
             p.due = true;
         }
         self.last_per_subject = snap.last_per_subject.into();
+        self.pending_count = stream.count_matching(self.next_seq, &self.config.filter_subjects);
     }
 
     fn matches(&self, subject: &str) -> bool {
@@ -275,6 +299,7 @@ impl Consumer {
             }
             let s = stream.next_matching(self.next_seq, &self.config.filter_subjects)?;
             self.next_seq = s + 1;
+            self.pending_count = self.pending_count.saturating_sub(1);
             break s;
         };
         self.delivered_consumer_seq += 1;
@@ -299,9 +324,8 @@ impl Consumer {
     }
 
     /// Messages not yet delivered (matching the filters).
-    pub fn num_pending(&self, stream: &Stream) -> u64 {
-        stream.count_matching(self.next_seq, &self.config.filter_subjects)
-            + self.last_per_subject.len() as u64
+    pub fn num_pending(&self, _stream: &Stream) -> u64 {
+        self.pending_count + self.last_per_subject.len() as u64
     }
 
     /// Is there something to deliver right now (for parked pull requests and push loops)?
@@ -546,7 +570,7 @@ mod tests {
         assert_eq!(c.next(0, &s, &mut dead).unwrap().stream_seq, 8);
         let snap = c.snapshot();
         let mut back = Consumer::new("S", "L", cfg(|_| {}), &s, 0);
-        back.restore(snap);
+        back.restore(snap, &s);
         assert_eq!(
             back.next(0, &s, &mut dead).unwrap().stream_seq,
             8,

@@ -7,7 +7,8 @@
 //! (a work-queue ack, a per-subject limit, a purge by subject) is an *interior delete*: the log
 //! keeps the bytes until retention drops the segment, the stream forgets the sequence.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use crate::native::{Discard, PurgeRequest, Retention, StreamConfig, StreamState};
 use crate::subject;
@@ -52,7 +53,17 @@ pub struct Stream {
     /// msg id → (sequence, publish time); `dedup_order` expires them in time order.
     dedup: HashMap<String, (u64, i64)>,
     dedup_order: VecDeque<(i64, String)>,
+    /// Removed sequences above the first live one (interior deletes), for counting.
+    interior_deleted: BTreeSet<u64>,
+    /// Every removal since the owner last drained them: (sequence, subject).
+    removal_log: Vec<(u64, Box<str>)>,
+    /// Wildcard filters → the subject ids matching them (and how many subjects were checked).
+    match_cache: RefCell<HashMap<Vec<String>, (usize, Vec<u32>)>>,
 }
+
+/// Filters matching at most this many subjects are served from the per-subject index;
+/// broader wildcards walk the sequences.
+const INDEXED_SUBJECTS_MAX: usize = 256;
 
 /// A stream name: what JetStream allows that is also a Kafka topic name (the stream is stored as
 /// a topic of that name).
@@ -290,6 +301,18 @@ impl Stream {
         let Some(e) = self.msgs.remove(&seq) else {
             return false;
         };
+        self.removal_log
+            .push((seq, self.subject_names[e.subject as usize].clone()));
+        match self.msgs.keys().next() {
+            Some(&first) if first < seq => {
+                self.interior_deleted.insert(seq);
+            }
+            Some(&first) => {
+                // The first live message moved up: deletes below it are no longer interior.
+                self.interior_deleted = self.interior_deleted.split_off(&first);
+            }
+            None => self.interior_deleted.clear(),
+        }
         self.bytes -= e.size as u64;
         let q = &mut self.by_subject[e.subject as usize];
         if let Ok(i) = q.binary_search(&seq) {
@@ -362,6 +385,11 @@ impl Stream {
         victims
     }
 
+    /// Removals since the last call: (sequence, subject).
+    pub fn take_removed(&mut self) -> Vec<(u64, Box<str>)> {
+        std::mem::take(&mut self.removal_log)
+    }
+
     fn matching_subject_ids(&self, filters: &[String]) -> Vec<u32> {
         if filters.iter().all(|f| subject::is_literal(f)) {
             return filters
@@ -369,12 +397,25 @@ impl Stream {
                 .filter_map(|f| self.subject_ids.get(f.as_str()).copied())
                 .collect();
         }
-        self.subject_names
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| filters.iter().any(|f| subject::matches(f, n)))
-            .map(|(i, _)| i as u32)
-            .collect()
+        // Only subjects seen since the last lookup are matched against the filters.
+        let mut cache = self.match_cache.borrow_mut();
+        let (checked, ids) = cache.entry(filters.to_vec()).or_default();
+        for (i, n) in self.subject_names.iter().enumerate().skip(*checked) {
+            if filters.iter().any(|f| subject::matches(f, n)) {
+                ids.push(i as u32);
+            }
+        }
+        *checked = self.subject_names.len();
+        ids.clone()
+    }
+
+    /// Live messages in `from..=to`.
+    fn live_in(&self, from: u64, to: u64) -> u64 {
+        let from = from.max(self.first_seq());
+        if from > to {
+            return 0;
+        }
+        (to - from + 1) - self.interior_deleted.range(from..=to).count() as u64
     }
 
     /// The first live sequence ≥ `from` whose subject matches one of `filters` (all subjects
@@ -388,10 +429,14 @@ impl Stream {
         if filters.is_empty() {
             return self.msgs.range(from..=visible).next().map(|(s, _)| *s);
         }
-        if filters.iter().all(|f| subject::is_literal(f)) {
-            return filters
+        let indexed = if filters.iter().all(|f| subject::is_literal(f)) {
+            Some(self.matching_subject_ids(filters))
+        } else {
+            Some(self.matching_subject_ids(filters)).filter(|ids| ids.len() <= INDEXED_SUBJECTS_MAX)
+        };
+        if let Some(ids) = indexed {
+            return ids
                 .iter()
-                .filter_map(|f| self.subject_ids.get(f.as_str()))
                 .filter_map(|id| {
                     let q = &self.by_subject[*id as usize];
                     let i = q.partition_point(|s| *s < from);
@@ -415,7 +460,7 @@ impl Stream {
             return 0;
         }
         if filters.is_empty() {
-            return self.msgs.range(from..=visible).count() as u64;
+            return self.live_in(from, visible);
         }
         self.matching_subject_ids(filters)
             .iter()
@@ -490,7 +535,7 @@ impl Stream {
             first_ts_ms: self.msgs.values().next().map_or(0, |e| e.ts_ms),
             last_seq: self.last_seq,
             last_ts_ms: self.last_ts_ms,
-            num_deleted: (self.last_seq + 1).saturating_sub(first) - self.len(),
+            num_deleted: self.interior_deleted.len() as u64,
             num_subjects: self.live_subjects,
             subjects,
             consumer_count,

@@ -257,11 +257,12 @@ impl StreamHome {
                 }
             }
         }
+        state.take_removed(); // replay bookkeeping; no consumer exists yet
         let mut consumers = BTreeMap::new();
         for c in saved.consumers {
             let mut consumer = Consumer::new(&name, &c.name, c.config, &state, c.created_ms);
             if meta.config.storage == Storage::File {
-                consumer.restore(c.snapshot);
+                consumer.restore(c.snapshot, &state);
             }
             consumers.insert(c.name, consumer);
         }
@@ -318,8 +319,11 @@ impl StreamHome {
                 PublishVerdict::Refuse { status, message } => return Err((status, message)),
             }
             let seq = st.last_seq() + 1;
-            let doomed = st.stored(seq, subject, p.size, now, p.msg_id.as_deref());
-            self.removed(&doomed);
+            st.stored(seq, subject, p.size, now, p.msg_id.as_deref());
+            for c in self.consumers.borrow_mut().values_mut() {
+                c.on_stored(seq, subject);
+            }
+            self.removals(st.take_removed());
             seq
         };
         match &self.store {
@@ -337,6 +341,7 @@ impl StreamHome {
                 }
                 Err(e) => {
                     self.state.borrow_mut().remove(seq);
+                    self.removed();
                     return Err((status::INTERNAL, format!("storing the message failed: {e}")));
                 }
             },
@@ -354,7 +359,7 @@ impl StreamHome {
             {
                 st.remove(seq);
                 drop(st);
-                self.removed(&[seq]);
+                self.removed();
             }
         }
         self.changed.notify_all();
@@ -366,23 +371,30 @@ impl StreamHome {
     }
 
     /// Bookkeeping after the stream removed sequences.
-    fn removed(&self, seqs: &[u64]) {
-        if seqs.is_empty() {
+    fn removed(&self) {
+        let list = self.state.borrow_mut().take_removed();
+        self.removals(list);
+    }
+
+    fn removals(&self, list: Vec<(u64, Box<str>)>) {
+        if list.is_empty() {
             return;
         }
         let mut consumers = self.consumers.borrow_mut();
-        for s in seqs {
+        for (seq, subject) in &list {
             for c in consumers.values_mut() {
-                c.forget(*s);
+                c.on_removed(*seq, subject);
             }
         }
         if let Store::Memory(m) = &self.store {
             let mut m = m.borrow_mut();
-            for s in seqs {
-                m.remove(s);
+            for (seq, _) in &list {
+                m.remove(seq);
             }
         } else {
-            self.deleted.borrow_mut().extend(seqs.iter().copied());
+            self.deleted
+                .borrow_mut()
+                .extend(list.iter().map(|(s, _)| *s));
         }
         self.dirty.set(true);
     }
@@ -431,7 +443,7 @@ impl StreamHome {
 
     pub fn purge(&self, req: &PurgeRequest) -> u64 {
         let removed = self.state.borrow_mut().purge(req);
-        self.removed(&removed);
+        self.removed();
         self.changed.notify_all();
         removed.len() as u64
     }
@@ -567,7 +579,7 @@ impl StreamHome {
             st.remove(*s);
         }
         drop(st);
-        self.removed(&doomed);
+        self.removed();
     }
 
     /// Acknowledgement of one delivered message.
@@ -608,9 +620,11 @@ impl StreamHome {
             }
         };
         let mut st = self.state.borrow_mut();
-        let doomed: Vec<u64> = doomed.into_iter().filter(|s| st.remove(*s)).collect();
+        for s in doomed {
+            st.remove(s);
+        }
         drop(st);
-        self.removed(&doomed);
+        self.removed();
     }
 
     /// Takes up to `batch` messages for a consumer now (no waiting). Dead messages (past
@@ -904,8 +918,8 @@ impl StreamHome {
 
     /// Removes expired messages (max_age) and saves state if anything changed.
     pub async fn housekeeping(&self) {
-        let expired = self.state.borrow_mut().expire(wall_clock_ms() as i64);
-        self.removed(&expired);
+        self.state.borrow_mut().expire(wall_clock_ms() as i64);
+        self.removed();
         if self.dirty.replace(false) {
             if let Err(e) = self.save().await {
                 eprintln!("sluice: saving stream {} state failed: {e}", self.name);
