@@ -578,3 +578,58 @@ fn push_consumers_with_deliver_groups_and_flow_control() {
         assert_eq!((ci.num_pending, ci.num_ack_pending), (0, 0));
     });
 }
+
+#[test]
+fn filtered_consumer_over_100k_subjects() {
+    let dir = TestDir::new("native-subjects");
+    let broker = Broker::start(&dir.0, &[]);
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        c.add_stream(stream("MANY", &["dev.>"], Retention::Limits))
+            .await
+            .unwrap();
+        // 100,000 subjects, published pipelined; a final acknowledged publish orders after all.
+        for i in 0..100_000u32 {
+            c.publish(&format!("dev.{i}.temp"), &i.to_be_bytes())
+                .unwrap();
+            if i % 10_000 == 0 {
+                c.ping().await.unwrap();
+            }
+        }
+        for k in 0..10u32 {
+            c.publish(&"dev.4242.temp".to_string(), &(1_000_000 + k).to_be_bytes())
+                .unwrap();
+        }
+        let last = c
+            .publish_ack("dev.last.temp", b"end", Default::default())
+            .await
+            .unwrap();
+        assert_eq!(last.seq, 100_011);
+        let info = c.stream_info("MANY", "").await.unwrap();
+        assert_eq!(
+            (info.state.messages, info.state.num_subjects),
+            (100_011, 100_001)
+        );
+        let mut cfg = pull("one", 30_000);
+        cfg.filter_subjects = vec!["dev.4242.temp".into()];
+        let ci = c.add_consumer("MANY", cfg).await.unwrap();
+        assert_eq!(ci.num_pending, 11);
+        let got = fetch_n(&c, "MANY", "one", 11).await;
+        assert_eq!(got.len(), 11);
+        assert!(got.iter().all(|m| m.subject == "dev.4242.temp"));
+        assert_eq!(got[0].data, 4242u32.to_be_bytes());
+        assert_eq!(got[10].data, 1_000_009u32.to_be_bytes());
+        assert_eq!(got[10].meta.as_ref().unwrap().pending, 0);
+        // A wildcard filter matching 10 subjects.
+        let mut cfg = pull("ten", 30_000);
+        cfg.filter_subjects = (0..10).map(|i| format!("dev.1234{i}.*")).collect();
+        let ci = c.add_consumer("MANY", cfg).await.unwrap();
+        assert_eq!(ci.num_pending, 10);
+        let got = fetch_n(&c, "MANY", "ten", 10).await;
+        let subjects: Vec<&str> = got.iter().map(|m| m.subject.as_str()).collect();
+        assert_eq!(subjects[0], "dev.12340.temp");
+        assert_eq!(subjects[9], "dev.12349.temp");
+        let info = c.stream_info("MANY", "dev.4242.*").await.unwrap();
+        assert_eq!(info.state.subjects, vec![("dev.4242.temp".to_string(), 11)]);
+    });
+}

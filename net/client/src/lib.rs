@@ -98,6 +98,8 @@ struct Inner {
     next_sid: AtomicU32,
     next_token: AtomicU32,
     server: String,
+    /// The connection is gone: every call fails with `Closed` from now on.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 /// A connection to a Sluice server. Cheap to clone; all clones share the connection.
@@ -329,6 +331,7 @@ impl Client {
             next_sid: AtomicU32::new(1),
             next_token: AtomicU32::new(1),
             server: addr.to_string(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         let client = Client {
             inner: inner.clone(),
@@ -353,7 +356,9 @@ impl Client {
                     Ok(_) => {}
                 }
             }
-            // Wake everyone waiting: the connection is gone.
+            // Wake everyone waiting: the connection is gone. (`closed` first: a call that
+            // registers after the clear sees it and fails instead of waiting forever.)
+            reader_client.inner.closed.store(true, Ordering::SeqCst);
             reader_client.inner.waiters.lock().unwrap().clear();
             reader_client.inner.subs.lock().unwrap().clear();
             reader_client.inner.replies.lock().unwrap().clear();
@@ -435,6 +440,9 @@ impl Client {
     }
 
     fn send(&self, op: u8, flags: u8, corr: u32, body: Vec<u8>) -> Result<(), Error> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
         let mut out = Vec::with_capacity(12 + body.len());
         native::encode_frame(
             &mut out,
@@ -447,6 +455,16 @@ impl Client {
             &body,
         );
         self.inner.tx.send(out).map_err(|_| Error::Closed)
+    }
+
+    /// Registers a waiter for `corr`; fails if the connection is already gone.
+    fn register(&self, corr: u32, w: Waiter) -> Result<(), Error> {
+        self.inner.waiters.lock().unwrap().insert(corr, w);
+        if self.inner.closed.load(Ordering::SeqCst) {
+            self.inner.waiters.lock().unwrap().remove(&corr);
+            return Err(Error::Closed);
+        }
+        Ok(())
     }
 
     fn corr(&self) -> u32 {
@@ -462,11 +480,7 @@ impl Client {
     async fn call(&self, op: u8, flags: u8, body: Vec<u8>) -> Result<FrameOut, Error> {
         let corr = self.corr();
         let (tx, rx) = oneshot::channel();
-        self.inner
-            .waiters
-            .lock()
-            .unwrap()
-            .insert(corr, Waiter::Once(tx));
+        self.register(corr, Waiter::Once(tx))?;
         self.send(op, flags, corr, body)?;
         let f = rx.await.map_err(|_| Error::Closed)?;
         if f.header.op == op::ERROR {
@@ -577,11 +591,7 @@ impl Client {
         // With a correlation id the server answers NO_RESPONDERS if nobody listens.
         let corr = self.corr();
         let (etx, erx) = oneshot::channel();
-        self.inner
-            .waiters
-            .lock()
-            .unwrap()
-            .insert(corr, Waiter::Once(etx));
+        self.register(corr, Waiter::Once(etx))?;
         self.send(op::PUB, 0, corr, pub_body(subject, data, &opts))?;
         let result = tokio::time::timeout(timeout, async {
             tokio::select! {
@@ -746,11 +756,7 @@ impl Client {
     ) -> Result<Vec<Message>, Error> {
         let corr = self.corr();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        self.inner
-            .waiters
-            .lock()
-            .unwrap()
-            .insert(corr, Waiter::Stream(tx));
+        self.register(corr, Waiter::Stream(tx))?;
         let body = native::to_body(&FetchRequest {
             stream: stream.into(),
             consumer: consumer.into(),
