@@ -58,8 +58,11 @@ pub struct Stream {
     /// Every removal since the owner last drained them: (sequence, subject).
     removal_log: Vec<(u64, Box<str>)>,
     /// Wildcard filters → the subject ids matching them (and how many subjects were checked).
-    match_cache: RefCell<HashMap<Vec<String>, (usize, Vec<u32>)>>,
+    match_cache: RefCell<HashMap<Vec<String>, MatchedSubjects>>,
 }
+
+/// How many subjects were checked against a filter set, and which of them matched.
+type MatchedSubjects = (usize, Vec<u32>);
 
 /// Filters matching at most this many subjects are served from the per-subject index;
 /// broader wildcards walk the sequences.
