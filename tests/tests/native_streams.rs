@@ -597,7 +597,7 @@ fn filtered_consumer_over_100k_subjects() {
             }
         }
         for k in 0..10u32 {
-            c.publish(&"dev.4242.temp".to_string(), &(1_000_000 + k).to_be_bytes())
+            c.publish("dev.4242.temp", &(1_000_000 + k).to_be_bytes())
                 .unwrap();
         }
         let last = c
