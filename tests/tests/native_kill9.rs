@@ -8,6 +8,9 @@ use std::time::Duration;
 use sluice_client::{Client, ConsumerConfig, FetchOptions, Retention, StreamConfig};
 use sluice_tests::{Broker, TestDir};
 
+/// (sequence, body) of every acknowledged publish.
+type Acked = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
 #[test]
 fn acknowledged_publishes_survive_kill9() {
     let dir = TestDir::new("native-kill9");
@@ -17,7 +20,7 @@ fn acknowledged_publishes_survive_kill9() {
         .enable_all()
         .build()
         .unwrap();
-    let acked: Arc<Mutex<Vec<(u64, Vec<u8>)>>> = Arc::default();
+    let acked: Acked = Arc::default();
     for round in 0..3 {
         rt.block_on(async {
             let c = Client::connect(&broker.native).await.unwrap();
