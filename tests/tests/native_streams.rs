@@ -633,3 +633,177 @@ fn filtered_consumer_over_100k_subjects() {
         assert_eq!(info.state.subjects, vec![("dev.4242.temp".to_string(), 11)]);
     });
 }
+
+#[test]
+fn ack_none_ack_all_backoff_and_max_waiting() {
+    let dir = TestDir::new("native-ackpol");
+    let broker = Broker::start(&dir.0, &[]);
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        c.add_stream(stream("A", &["a.*"], Retention::Limits))
+            .await
+            .unwrap();
+        for i in 0..10 {
+            c.publish_ack("a.x", format!("{i}").as_bytes(), Default::default())
+                .await
+                .unwrap();
+        }
+        // ack none: nothing is ever pending acknowledgement.
+        let mut none = pull("none", 1000);
+        none.ack_policy = AckPolicy::None;
+        c.add_consumer("A", none).await.unwrap();
+        assert_eq!(fetch_n(&c, "A", "none", 10).await.len(), 10);
+        let ci = c.consumer_info("A", "none").await.unwrap();
+        assert_eq!(
+            (ci.num_ack_pending, ci.num_pending, ci.ack_floor.stream_seq),
+            (0, 0, 10)
+        );
+        // ack all: acknowledging 7 acknowledges 1..=7.
+        let mut all = pull("all", 30_000);
+        all.ack_policy = AckPolicy::All;
+        c.add_consumer("A", all).await.unwrap();
+        let got = fetch_n(&c, "A", "all", 10).await;
+        got[6].ack_sync().await.unwrap();
+        let ci = c.consumer_info("A", "all").await.unwrap();
+        assert_eq!((ci.num_ack_pending, ci.ack_floor.stream_seq), (3, 7));
+        // backoff: redelivery after 1 s, then after 3 s (not after ack_wait's 30 s).
+        c.publish_ack("a.b", b"retry me", Default::default())
+            .await
+            .unwrap();
+        let mut b = pull("backoff", 30_000);
+        b.backoff_ms = vec![1000, 3000];
+        b.max_deliver = 5;
+        b.filter_subjects = vec!["a.b".into()];
+        c.add_consumer("A", b).await.unwrap();
+        let deliveries =
+            |m: &[sluice_client::Message]| m.first().map(|m| m.meta.as_ref().unwrap().deliveries);
+        assert_eq!(
+            deliveries(&c.fetch("A", "backoff", batch(1, 1000)).await.unwrap()),
+            Some(1)
+        );
+        assert_eq!(
+            deliveries(&c.fetch("A", "backoff", batch(1, 300)).await.unwrap()),
+            None
+        );
+        assert_eq!(
+            deliveries(&c.fetch("A", "backoff", batch(1, 3000)).await.unwrap()),
+            Some(2)
+        );
+        assert_eq!(
+            deliveries(&c.fetch("A", "backoff", batch(1, 1000)).await.unwrap()),
+            None
+        );
+        assert_eq!(
+            deliveries(&c.fetch("A", "backoff", batch(1, 5000)).await.unwrap()),
+            Some(3)
+        );
+        // max_waiting: a second parked pull request is refused.
+        let mut w = pull("waiter", 30_000);
+        w.max_waiting = 1;
+        w.filter_subjects = vec!["a.none".into()];
+        c.add_consumer("A", w).await.unwrap();
+        let c2 = c.clone();
+        let parked = tokio::spawn(async move { c2.fetch("A", "waiter", batch(1, 1500)).await });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let e = c.fetch("A", "waiter", batch(1, 500)).await.unwrap_err();
+        assert_eq!(e.status(), Some(409), "{e}");
+        assert!(parked.await.unwrap().unwrap().is_empty());
+    });
+}
+
+#[test]
+fn bad_frames_get_an_error_and_the_server_stays_up() {
+    use std::io::{Read, Write};
+    let dir = TestDir::new("native-bad");
+    let broker = Broker::start(&dir.0, &[]);
+    let read_frame = |s: &mut std::net::TcpStream| {
+        let mut len = [0u8; 4];
+        s.read_exact(&mut len).unwrap();
+        let mut rest = vec![0u8; u32::from_be_bytes(len) as usize];
+        s.read_exact(&mut rest).unwrap();
+        (
+            rest[0],
+            u16::from_be_bytes([rest[1 + 1], rest[3]]),
+            String::from_utf8_lossy(&rest[8..]).into_owned(),
+        )
+    };
+    // Not HELLO first.
+    let mut s = std::net::TcpStream::connect(&broker.native).unwrap();
+    s.write_all(&[0, 0, 0, 8, 8, 0, 0, 0, 0, 0, 0, 1]).unwrap();
+    let (op, status, msg) = read_frame(&mut s);
+    assert_eq!((op, status), (66, 400));
+    assert!(msg.contains("HELLO"), "{msg}");
+    // A HELLO for versions the server does not speak.
+    let mut s = std::net::TcpStream::connect(&broker.native).unwrap();
+    let body = sluice_core::native::to_body(&sluice_core::native::Hello {
+        version_min: 9,
+        version_max: 12,
+        client: "future".into(),
+    });
+    let mut f = Vec::new();
+    sluice_core::native::encode_frame(
+        &mut f,
+        sluice_core::native::Header {
+            op: 1,
+            flags: 0,
+            status: 0,
+            corr: 1,
+        },
+        &body,
+    );
+    s.write_all(&f).unwrap();
+    let (op, status, _) = read_frame(&mut s);
+    assert_eq!((op, status), (66, 505));
+    // Garbage HELLO body, oversized frame.
+    let mut s = std::net::TcpStream::connect(&broker.native).unwrap();
+    s.write_all(&[0, 0, 0, 12, 1, 0, 0, 0, 0, 0, 0, 1, 0xff, 0xff, 0xff, 0xff])
+        .unwrap();
+    assert_eq!(read_frame(&mut s).1, 400);
+    let mut s = std::net::TcpStream::connect(&broker.native).unwrap();
+    s.write_all(&[0x7f, 0xff, 0xff, 0xff, 1, 0, 0, 0, 0, 0, 0, 1])
+        .unwrap();
+    let (_, status, msg) = read_frame(&mut s);
+    assert_eq!(status, 400);
+    assert!(msg.contains("larger than the limit"), "{msg}");
+    // After a good HELLO: an unknown op and a truncated PUB close only that connection.
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        c.add_stream(stream("OK", &["ok.*"], Retention::Limits))
+            .await
+            .unwrap();
+        let ack = c
+            .publish_ack("ok.1", b"still here", Default::default())
+            .await
+            .unwrap();
+        assert_eq!(ack.seq, 1);
+    });
+}
+
+#[test]
+fn ephemeral_consumers_go_when_idle() {
+    let dir = TestDir::new("native-eph");
+    let broker = Broker::start(&dir.0, &[]);
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        c.add_stream(stream("E", &["e.*"], Retention::Limits))
+            .await
+            .unwrap();
+        c.publish_ack("e.1", b"x", Default::default())
+            .await
+            .unwrap();
+        let eph = ConsumerConfig {
+            inactive_threshold_ms: 500,
+            ..ConsumerConfig::default()
+        };
+        let info = c.add_consumer("E", eph).await.unwrap();
+        assert!(!info.name.is_empty());
+        let got = c.fetch("E", &info.name, batch(1, 1000)).await.unwrap();
+        assert_eq!(got.len(), 1);
+        // Busy with a parked fetch: kept.
+        let _ = c.fetch("E", &info.name, batch(1, 800)).await.unwrap();
+        assert!(c.consumer_info("E", &info.name).await.is_ok());
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        let e = c.consumer_info("E", &info.name).await.unwrap_err();
+        assert_eq!(e.status(), Some(404));
+    });
+}

@@ -918,8 +918,24 @@ impl StreamHome {
 
     /// Removes expired messages (max_age) and saves state if anything changed.
     pub async fn housekeeping(&self) {
-        self.state.borrow_mut().expire(wall_clock_ms() as i64);
+        let now = wall_clock_ms() as i64;
+        self.state.borrow_mut().expire(now);
         self.removed();
+        // Ephemeral consumers go after inactive_threshold without a fetch, ack or listener.
+        let idle: Vec<String> = self
+            .consumers
+            .borrow()
+            .iter()
+            .filter(|(n, c)| {
+                c.config.durable_name.is_empty()
+                    && self.num_waiting(n) == 0
+                    && now - c.last_active_ms > c.config.inactive_threshold_ms as i64
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in idle {
+            let _ = self.delete_consumer(&n);
+        }
         if self.dirty.replace(false) {
             if let Err(e) = self.save().await {
                 eprintln!("sluice: saving stream {} state failed: {e}", self.name);
