@@ -158,6 +158,11 @@ impl Stream {
             .map(|e| &*self.subject_names[e.subject as usize])
     }
 
+    /// The message's size as the limits count it (subject + headers + payload).
+    pub fn size_of(&self, seq: u64) -> Option<u32> {
+        self.msgs.get(&seq).map(|e| e.size)
+    }
+
     pub fn timestamp_of(&self, seq: u64) -> Option<i64> {
         self.msgs.get(&seq).map(|e| e.ts_ms)
     }

@@ -4,6 +4,15 @@
 //! Modes:
 //! - `storage`: append batches straight into a partition log (no network), measuring MB/s and
 //!   the latency of each acknowledged append.
+//! - `produce`, `consume` (from a backlog), `e2e` (producers and consumers together, latency
+//!   from a timestamp in each payload): one workload against `kafka://`, `sluice://` or
+//!   `nats://` targets (see [`load`]).
+//! - `chart`: several runs' JSON reports in one SVG.
+//! - `compare`: Sluice and its peers on loopback, one table of ratios (see [`compare`]).
+
+mod compare;
+mod load;
+mod load_cmd;
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
@@ -27,6 +36,22 @@ struct Cli {
 enum Mode {
     /// Append batches to a partition log on DIR and report throughput and append latency.
     Storage(StorageArgs),
+    /// Producers only: throughput and publish-to-ack latency.
+    Produce(load_cmd::LoadArgs),
+    /// Consumers reading a backlog (--backlog, produced first and not timed).
+    Consume(load_cmd::LoadArgs),
+    /// Producers and consumers together: end-to-end latency (use --rate for a fixed rate).
+    E2e(load_cmd::LoadArgs),
+    /// Put several runs' --json reports in one SVG chart.
+    Chart {
+        inputs: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value = "sluice-bench")]
+        title: String,
+    },
+    /// Start Sluice and its peers on loopback, run the same workloads against each, print ratios.
+    Compare(compare::CompareArgs),
 }
 
 #[derive(clap::Args)]
@@ -66,6 +91,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.mode {
         Mode::Storage(args) => storage(args),
+        Mode::Produce(a) => load_cmd::load_mode("produce", a),
+        Mode::Consume(a) => load_cmd::load_mode("consume", a),
+        Mode::E2e(a) => load_cmd::load_mode("e2e", a),
+        Mode::Chart { inputs, out, title } => load_cmd::chart(&inputs, &out, &title),
+        Mode::Compare(a) => compare::compare(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,7 +107,7 @@ fn main() -> ExitCode {
 }
 
 /// Parses `1GiB`, `64MiB`, `4KiB`, `1GB`, `1000` into bytes.
-fn parse_bytes(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
@@ -259,7 +289,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// fio's sequential O_DIRECT write bandwidth in MB/s over `bytes` in `dir`.
-fn run_fio(dir: &Path, bytes: u64) -> Result<f64, String> {
+pub(crate) fn run_fio(dir: &Path, bytes: u64) -> Result<f64, String> {
     let file = dir.join(format!("sluice-bench-fio-{}.dat", std::process::id()));
     let out = std::process::Command::new("fio")
         .args([

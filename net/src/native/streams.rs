@@ -635,37 +635,43 @@ impl StreamHome {
         batch: u32,
         max_bytes: u64,
     ) -> Result<(Vec<Delivered>, Vec<(u64, u32)>), Refusal> {
-        let mut out = Vec::new();
-        let mut dead_out = Vec::new();
-        let mut bytes = 0u64;
-        while out.len() < batch as usize {
-            let now = wall_clock_ms() as i64;
-            let mut dead = Vec::new();
-            let (d, subject, deliveries_max) = {
-                let st = self.state.borrow();
-                let mut consumers = self.consumers.borrow_mut();
-                let c = consumers
-                    .get_mut(consumer)
-                    .ok_or((status::NOT_FOUND, format!("consumer {consumer} not found")))?;
-                c.last_active_ms = now;
-                let d = c.next(now, &st, &mut dead);
-                let subject = d
-                    .and_then(|d| st.subject_of(d.stream_seq))
-                    .unwrap_or_default()
-                    .to_string();
-                (d, subject, c.config.max_deliver.max(0) as u32)
-            };
-            dead_out.extend(dead.into_iter().map(|s| (s, deliveries_max)));
-            let Some(d) = d else { break };
-            let Some(bytes_of) = self.read(d.stream_seq).await else {
+        // Decide what goes out (synchronously), then read it with as few log reads as possible.
+        let now = wall_clock_ms() as i64;
+        let mut picked = Vec::new();
+        let mut dead = Vec::new();
+        let (deliveries_max, ack_none) = {
+            let st = self.state.borrow();
+            let mut consumers = self.consumers.borrow_mut();
+            let c = consumers
+                .get_mut(consumer)
+                .ok_or((status::NOT_FOUND, format!("consumer {consumer} not found")))?;
+            c.last_active_ms = now;
+            let mut bytes = 0u64;
+            while picked.len() < batch as usize {
+                let Some(d) = c.next(now, &st, &mut dead) else {
+                    break;
+                };
+                let subject = st.subject_of(d.stream_seq).unwrap_or_default().to_string();
+                let ts = st.timestamp_of(d.stream_seq).unwrap_or(0);
+                bytes += st.size_of(d.stream_seq).unwrap_or(0) as u64 + 96;
+                picked.push((d, subject, ts));
+                if max_bytes > 0 && bytes >= max_bytes {
+                    break;
+                }
+            }
+            (
+                c.config.max_deliver.max(0) as u32,
+                c.config.ack_policy == AckPolicy::None,
+            )
+        };
+        let dead_out: Vec<(u64, u32)> = dead.into_iter().map(|s| (s, deliveries_max)).collect();
+        let seqs: Vec<u64> = picked.iter().map(|(d, _, _)| d.stream_seq).collect();
+        let mut bodies = self.read_many(&seqs).await;
+        let mut out = Vec::with_capacity(picked.len());
+        for (d, subject, ts) in picked {
+            let Some(batch) = bodies.remove(&d.stream_seq) else {
                 continue; // removed meanwhile
             };
-            let ack_none = self
-                .consumers
-                .borrow()
-                .get(consumer)
-                .is_some_and(|c| c.config.ack_policy == AckPolicy::None);
-            bytes += bytes_of.len() as u64;
             out.push(Delivered {
                 subject,
                 meta: MsgMeta {
@@ -675,21 +681,78 @@ impl StreamHome {
                     consumer_seq: d.consumer_seq,
                     deliveries: d.deliveries,
                     pending: d.pending,
-                    timestamp_ms: self.state.borrow().timestamp_of(d.stream_seq).unwrap_or(0),
+                    timestamp_ms: ts,
                 },
-                batch: bytes_of,
+                batch,
             });
-            if ack_none {
-                self.consumer_done(&[d.stream_seq]);
-            }
-            if max_bytes > 0 && bytes >= max_bytes {
-                break;
-            }
+        }
+        if ack_none && !seqs.is_empty() {
+            self.consumer_done(&seqs);
         }
         if !out.is_empty() || !dead_out.is_empty() {
             self.dirty.set(true);
         }
         Ok((out, dead_out))
+    }
+
+    /// The stored batches of `seqs`, read in runs of consecutive sequences (one log read per
+    /// run, a few MiB at a time) rather than one read per message.
+    async fn read_many(&self, seqs: &[u64]) -> HashMap<u64, Bytes> {
+        let mut out = HashMap::with_capacity(seqs.len());
+        let part = match &self.store {
+            Store::Memory(m) => {
+                let m = m.borrow();
+                for s in seqs {
+                    if let Some(b) = m.get(s) {
+                        out.insert(*s, b.clone());
+                    }
+                }
+                return out;
+            }
+            Store::File(part) => part.clone(),
+        };
+        let mut sorted = seqs.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        let mut i = 0;
+        while i < sorted.len() {
+            // A run a..=b of consecutive sequences.
+            let a = sorted[i];
+            let mut j = i;
+            while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+                j += 1;
+            }
+            let b = sorted[j];
+            let est: u64 = {
+                let st = self.state.borrow();
+                (a..=b)
+                    .map(|s| st.size_of(s).unwrap_or(0) as u64 + 128)
+                    .sum()
+            };
+            let mut next = a;
+            while next <= b {
+                let want = est.clamp(4096, 4 << 20) as usize;
+                let Ok(bytes) = part.log.read(Offset(next as i64 - 1), want).await else {
+                    break;
+                };
+                let bytes = Bytes::from(bytes);
+                let (found, _) = batch::split_batches(&bytes, false);
+                let mut advanced = false;
+                for (h, range) in found {
+                    let seq = h.base_offset as u64 + 1;
+                    if seq >= next && seq <= b {
+                        out.insert(seq, bytes.slice(range));
+                        next = seq + 1;
+                        advanced = true;
+                    }
+                }
+                if !advanced {
+                    break;
+                }
+            }
+            i = j + 1;
+        }
+        out
     }
 
     /// A pull request: waits (up to `expires`) until at least one message is available, then

@@ -1,0 +1,463 @@
+//! Load generation against a broker over a network protocol: one [`Workload`] definition,
+//! driven through the client library of the target's protocol — `kafka://` (librdkafka, the
+//! `rdkafka` crate; feature `kafka`), `sluice://` (Sluice's Rust client) or `nats://`
+//! (async-nats, JetStream; feature `nats`).
+//!
+//! Latency is measured against each message's *intended* send time when a rate is set (a
+//! fixed-rate schedule), so a stalled broker shows up in the percentiles instead of silently
+//! slowing the generator (no coordinated omission). End-to-end latency comes from a timestamp
+//! the producer writes into each payload.
+
+pub mod chart;
+#[cfg(feature = "kafka")]
+pub mod kafka;
+#[cfg(feature = "nats")]
+pub mod nats;
+pub mod sluice;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::{json, Value};
+
+/// What to run, whatever the target.
+#[derive(Debug, Clone)]
+pub struct Workload {
+    pub name: String,
+    pub message_bytes: usize,
+    /// Messages to send (per run, all producers together); 0 with `duration`.
+    pub count: u64,
+    pub duration: Option<Duration>,
+    pub producers: usize,
+    pub consumers: usize,
+    /// Kafka partitions; subjects for Sluice and NATS (`<topic>.<i>`).
+    pub partitions: usize,
+    /// Distinct keys (0: no keys).
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    pub keys: u64,
+    /// acks: 0, 1 or all (Kafka); Sluice/NATS always wait for the stored ack unless 0.
+    pub acks: String,
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    pub linger_ms: u64,
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    pub batch_bytes: usize,
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    pub compression: String,
+    /// Messages per second over all producers (0: as fast as possible).
+    pub rate: f64,
+    pub warmup: Duration,
+    /// Messages in flight per producer awaiting their ack.
+    pub in_flight: usize,
+    pub topic: String,
+}
+
+impl Default for Workload {
+    fn default() -> Self {
+        Workload {
+            name: "run".into(),
+            message_bytes: 1024,
+            count: 100_000,
+            duration: None,
+            producers: 1,
+            consumers: 1,
+            partitions: 6,
+            keys: 0,
+            acks: "all".into(),
+            linger_ms: 1,
+            batch_bytes: 1 << 20,
+            compression: "none".into(),
+            rate: 0.0,
+            warmup: Duration::ZERO,
+            in_flight: 1024,
+            topic: "bench".into(),
+        }
+    }
+}
+
+/// A broker address with its protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Kafka(String),
+    Sluice(String),
+    Nats(String),
+}
+
+impl std::str::FromStr for Target {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Target, String> {
+        let (scheme, addr) = s.split_once("://").ok_or_else(|| {
+            format!("target '{s}' needs a scheme: kafka://, sluice:// or nats://")
+        })?;
+        if addr.is_empty() {
+            return Err(format!("target '{s}' has no address"));
+        }
+        match scheme {
+            "kafka" => Ok(Target::Kafka(addr.into())),
+            "sluice" => Ok(Target::Sluice(addr.into())),
+            "nats" => Ok(Target::Nats(addr.into())),
+            o => Err(format!("unknown scheme '{o}' (kafka, sluice, nats)")),
+        }
+    }
+}
+
+impl Target {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Target::Kafka(_) => "kafka",
+            Target::Sluice(_) => "sluice",
+            Target::Nats(_) => "nats",
+        }
+    }
+}
+
+/// Nanoseconds since this process started (what payloads carry for end-to-end latency).
+pub fn now_ns() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+/// A payload of `bytes` (≥ 16) that carries its send time and sequence number.
+pub fn payload(bytes: usize, seq: u64, sent_ns: u64) -> Vec<u8> {
+    let mut p = vec![b'x'; bytes.max(16)];
+    p[..8].copy_from_slice(&sent_ns.to_le_bytes());
+    p[8..16].copy_from_slice(&seq.to_le_bytes());
+    p
+}
+
+pub fn payload_time(p: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(p.get(..8)?.try_into().ok()?))
+}
+
+/// Shared measurement of one run: counts, bytes, a latency histogram (µs), a per-second
+/// throughput series, and the warm-up cut.
+pub struct Stats {
+    pub started: Instant,
+    warmup: Duration,
+    pub messages: AtomicU64,
+    pub bytes: AtomicU64,
+    pub errors: AtomicU64,
+    latency_us: Mutex<Histogram<u64>>,
+    series: Mutex<Vec<u64>>,
+    pub done: AtomicBool,
+}
+
+impl Stats {
+    pub fn new(warmup: Duration) -> Arc<Stats> {
+        Arc::new(Stats {
+            started: Instant::now(),
+            warmup,
+            messages: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("bounds")),
+            series: Mutex::new(Vec::new()),
+            done: AtomicBool::new(false),
+        })
+    }
+
+    fn in_warmup(&self) -> bool {
+        self.started.elapsed() < self.warmup
+    }
+
+    /// One message completed (acked or received) with `latency_ns`.
+    pub fn record(&self, bytes: usize, latency_ns: u64) {
+        let sec = self.started.elapsed().as_secs() as usize;
+        {
+            let mut s = self.series.lock().unwrap();
+            if s.len() <= sec {
+                s.resize(sec + 1, 0);
+            }
+            s[sec] += 1;
+        }
+        if self.in_warmup() {
+            return;
+        }
+        self.messages.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        let us = (latency_ns / 1000).max(1);
+        let _ = self.latency_us.lock().unwrap().record(us.min(600_000_000));
+    }
+
+    /// Every message completed, warm-up included.
+    pub fn series_total(&self) -> u64 {
+        self.series.lock().unwrap().iter().sum()
+    }
+
+    pub fn error(&self) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Prints a progress line every second until `done`.
+    pub fn progress(self: &Arc<Self>, label: String) -> std::thread::JoinHandle<()> {
+        let s = self.clone();
+        std::thread::spawn(move || {
+            let mut last = 0u64;
+            while !s.done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                let t = s.started.elapsed();
+                if t.as_millis() % 1000 >= 200 {
+                    continue;
+                }
+                let total: u64 = s.series.lock().unwrap().iter().sum();
+                eprint!(
+                    "\r{label}: {:>4}s {:>10} msgs {:>9.0} msgs/s   ",
+                    t.as_secs(),
+                    total,
+                    (total - last) as f64
+                );
+                last = total;
+            }
+            eprintln!();
+        })
+    }
+}
+
+/// A broker process whose CPU and memory are sampled during a run.
+pub struct ProcWatch {
+    pid: u32,
+    cpu_start: f64,
+    rss_max: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command (which may hold spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+impl ProcWatch {
+    pub fn start(pid: u32) -> ProcWatch {
+        let rss_max = Arc::new(AtomicU64::new(rss_kib(pid).unwrap_or(0)));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (r, s) = (rss_max.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(kib) = rss_kib(pid) {
+                    r.fetch_max(kib, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        ProcWatch {
+            pid,
+            cpu_start: cpu_seconds(pid).unwrap_or(0.0),
+            rss_max,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// (CPU seconds used since start, peak RSS in KiB).
+    pub fn finish(mut self) -> (f64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let cpu = cpu_seconds(self.pid).unwrap_or(self.cpu_start) - self.cpu_start;
+        (cpu, self.rss_max.load(Ordering::Relaxed))
+    }
+}
+
+/// What a run measured.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub workload: String,
+    pub mode: String,
+    pub system: String,
+    pub messages: u64,
+    pub bytes: u64,
+    pub errors: u64,
+    pub seconds: f64,
+    pub latency_ms: Vec<(f64, f64)>,
+    pub max_ms: f64,
+    pub series: Vec<u64>,
+    pub cpu_s: Option<f64>,
+    pub rss_kib_max: Option<u64>,
+}
+
+pub const PERCENTILES: [f64; 5] = [50.0, 90.0, 99.0, 99.9, 99.99];
+
+impl Report {
+    pub fn from_stats(
+        workload: &str,
+        mode: &str,
+        system: &str,
+        stats: &Stats,
+        measured: Duration,
+        proc_stats: Option<(f64, u64)>,
+    ) -> Report {
+        let h = stats.latency_us.lock().unwrap();
+        let q = |p: f64| h.value_at_quantile(p / 100.0) as f64 / 1000.0;
+        Report {
+            workload: workload.into(),
+            mode: mode.into(),
+            system: system.into(),
+            messages: stats.messages.load(Ordering::Relaxed),
+            bytes: stats.bytes.load(Ordering::Relaxed),
+            errors: stats.errors.load(Ordering::Relaxed),
+            seconds: measured.as_secs_f64(),
+            latency_ms: PERCENTILES.iter().map(|p| (*p, q(*p))).collect(),
+            max_ms: h.max() as f64 / 1000.0,
+            series: stats.series.lock().unwrap().clone(),
+            cpu_s: proc_stats.map(|p| p.0),
+            rss_kib_max: proc_stats.map(|p| p.1),
+        }
+    }
+
+    pub fn msgs_per_s(&self) -> f64 {
+        self.messages as f64 / self.seconds.max(1e-9)
+    }
+
+    pub fn mb_per_s(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds.max(1e-9)
+    }
+
+    pub fn pct(&self, p: f64) -> f64 {
+        self.latency_ms
+            .iter()
+            .find(|(q, _)| (*q - p).abs() < 1e-9)
+            .map_or(0.0, |(_, v)| *v)
+    }
+
+    pub fn print(&self) {
+        println!(
+            "{} {} on {}: {} msgs in {:.2} s = {:.0} msgs/s, {:.1} MB/s{}",
+            self.workload,
+            self.mode,
+            self.system,
+            self.messages,
+            self.seconds,
+            self.msgs_per_s(),
+            self.mb_per_s(),
+            if self.errors > 0 {
+                format!(", {} errors", self.errors)
+            } else {
+                String::new()
+            }
+        );
+        let pcts: Vec<String> = self
+            .latency_ms
+            .iter()
+            .map(|(p, v)| format!("p{p} {v:.3}"))
+            .collect();
+        println!("  latency ms: {} max {:.3}", pcts.join(" "), self.max_ms);
+        if let (Some(cpu), Some(rss)) = (self.cpu_s, self.rss_kib_max) {
+            println!(
+                "  broker: {cpu:.2} CPU s ({:.3} CPU s per GB), peak RSS {} MiB",
+                cpu / (self.bytes as f64 / 1e9).max(1e-9),
+                rss / 1024
+            );
+        }
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "workload": self.workload,
+            "mode": self.mode,
+            "system": self.system,
+            "messages": self.messages,
+            "bytes": self.bytes,
+            "errors": self.errors,
+            "seconds": self.seconds,
+            "msgs_per_s": self.msgs_per_s(),
+            "mb_per_s": self.mb_per_s(),
+            "p50_ms": self.pct(50.0),
+            "p90_ms": self.pct(90.0),
+            "p99_ms": self.pct(99.0),
+            "p999_ms": self.pct(99.9),
+            "p9999_ms": self.pct(99.99),
+            "max_ms": self.max_ms,
+            "cpu_s": self.cpu_s,
+            "rss_kib_max": self.rss_kib_max,
+            "series_msgs_per_s": self.series,
+        })
+    }
+
+    pub fn from_json(v: &Value) -> Option<Report> {
+        let f = |k: &str| v.get(k).and_then(|x| x.as_f64());
+        Some(Report {
+            workload: v.get("workload")?.as_str()?.into(),
+            mode: v.get("mode")?.as_str()?.into(),
+            system: v.get("system")?.as_str()?.into(),
+            messages: v.get("messages")?.as_u64()?,
+            bytes: v.get("bytes")?.as_u64()?,
+            errors: v.get("errors").and_then(|e| e.as_u64()).unwrap_or(0),
+            seconds: f("seconds")?,
+            latency_ms: vec![
+                (50.0, f("p50_ms")?),
+                (90.0, f("p90_ms")?),
+                (99.0, f("p99_ms")?),
+                (99.9, f("p999_ms")?),
+                (99.99, f("p9999_ms")?),
+            ],
+            max_ms: f("max_ms")?,
+            series: v
+                .get("series_msgs_per_s")?
+                .as_array()?
+                .iter()
+                .filter_map(|x| x.as_u64())
+                .collect(),
+            cpu_s: f("cpu_s"),
+            rss_kib_max: v.get("rss_kib_max").and_then(|x| x.as_u64()),
+        })
+    }
+}
+
+/// Paces one producer: the intended send time of its `i`-th message under the workload's
+/// rate (shared by `producers`), or `None` when unpaced.
+pub struct Pacer {
+    start: Instant,
+    interval_ns: Option<f64>,
+}
+
+impl Pacer {
+    pub fn new(w: &Workload) -> Pacer {
+        Pacer {
+            start: Instant::now(),
+            interval_ns: (w.rate > 0.0).then(|| 1e9 * w.producers as f64 / w.rate),
+        }
+    }
+
+    /// Waits for message `i`'s slot; returns its intended send time (ns, process clock).
+    pub async fn wait(&self, i: u64) -> u64 {
+        match self.interval_ns {
+            None => now_ns(),
+            Some(iv) => {
+                let due = self.start + Duration::from_nanos((iv * i as f64) as u64);
+                let now = Instant::now();
+                if due > now {
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                now_ns() - (Instant::now().saturating_duration_since(due)).as_nanos() as u64
+            }
+        }
+    }
+}
+
+/// Whether a producer should stop: count reached or duration over.
+pub fn should_stop(w: &Workload, started: Instant, sent_total: &AtomicU64) -> bool {
+    if let Some(d) = w.duration {
+        return started.elapsed() >= d + w.warmup;
+    }
+    sent_total.load(Ordering::Relaxed) >= w.count
+}

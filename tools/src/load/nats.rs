@@ -1,0 +1,153 @@
+//! The `nats://` driver: NATS JetStream through async-nats. A workload's topic is a file
+//! stream named after it (upper-cased) on `<topic>.*`; publishes wait for the JetStream ack
+//! (with `in_flight` acks outstanding per producer); consumers are pull consumers with
+//! AckPolicy::None reading the stream's subjects round-robin.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures::stream::{FuturesUnordered, StreamExt};
+
+use super::{now_ns, payload, payload_time, should_stop, Pacer, Stats, Workload};
+
+fn stream_name(w: &Workload) -> String {
+    w.topic.to_uppercase().replace(['.', '*', '>'], "_")
+}
+
+async fn connect(addr: &str) -> Result<jetstream::Context, String> {
+    let c = async_nats::connect(addr)
+        .await
+        .map_err(|e| format!("cannot connect to nats://{addr}: {e}"))?;
+    Ok(jetstream::new(c))
+}
+
+pub async fn prepare(addr: &str, w: &Workload) -> Result<(), String> {
+    let js = connect(addr).await?;
+    let name = stream_name(w);
+    let _ = js.delete_stream(&name).await;
+    js.create_stream(stream::Config {
+        name,
+        subjects: vec![format!("{}.*", w.topic)],
+        storage: stream::StorageType::File,
+        duplicate_window: std::time::Duration::from_secs(0),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("creating the stream: {e}"))?;
+    Ok(())
+}
+
+pub async fn produce(addr: &str, w: &Workload, stats: Arc<Stats>) -> Result<(), String> {
+    let sent = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for p in 0..w.producers.max(1) {
+        let js = connect(addr).await?;
+        let (w, stats, sent) = (w.clone(), stats.clone(), sent.clone());
+        tasks.push(tokio::spawn(async move {
+            let pacer = Pacer::new(&w);
+            let mut pending = FuturesUnordered::new();
+            let mut i = 0u64;
+            loop {
+                if should_stop(&w, started, &sent) {
+                    break;
+                }
+                while pending.len() >= w.in_flight.max(1) {
+                    pending.next().await;
+                }
+                let n = sent.fetch_add(1, Ordering::Relaxed);
+                if w.duration.is_none() && n >= w.count {
+                    break;
+                }
+                let intended = pacer.wait(i).await;
+                let subject = format!(
+                    "{}.{}",
+                    w.topic,
+                    (n + p as u64) % w.partitions.max(1) as u64
+                );
+                let data = payload(w.message_bytes, n, intended);
+                let len = data.len();
+                match js.publish(subject, data.into()).await {
+                    Ok(ack) => {
+                        let stats = stats.clone();
+                        pending.push(async move {
+                            match ack.await {
+                                Ok(_) => stats.record(len, now_ns() - intended),
+                                Err(_) => stats.error(),
+                            }
+                        });
+                    }
+                    Err(_) => stats.error(),
+                }
+                i += 1;
+            }
+            while pending.next().await.is_some() {}
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+pub async fn consume(
+    addr: &str,
+    w: &Workload,
+    stats: Arc<Stats>,
+    expect: Arc<AtomicU64>,
+    e2e: bool,
+) -> Result<(), String> {
+    let got = Arc::new(AtomicU64::new(0));
+    let n = w.consumers.max(1);
+    let mut tasks = Vec::new();
+    for k in 0..n {
+        let js = connect(addr).await?;
+        let s = js
+            .get_stream(stream_name(w))
+            .await
+            .map_err(|e| format!("stream: {e}"))?;
+        let filters: Vec<String> = (0..w.partitions.max(1))
+            .filter(|p| p % n == k)
+            .map(|p| format!("{}.{p}", w.topic))
+            .collect();
+        let name = format!("bench-{k}-{}", now_ns());
+        let c = s
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(name),
+                ack_policy: consumer::AckPolicy::None,
+                filter_subjects: if n == 1 { Vec::new() } else { filters },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| format!("creating consumer: {e}"))?;
+        let (stats, got, expect) = (stats.clone(), got.clone(), expect.clone());
+        tasks.push(tokio::spawn(async move {
+            let started = now_ns();
+            let Ok(mut msgs) = c.messages().await else {
+                stats.error();
+                return;
+            };
+            while got.load(Ordering::Relaxed) < expect.load(Ordering::Relaxed) {
+                let next =
+                    tokio::time::timeout(std::time::Duration::from_millis(500), msgs.next()).await;
+                let Ok(Some(Ok(m))) = next else {
+                    continue;
+                };
+                let now = now_ns();
+                let lat = if e2e {
+                    now.saturating_sub(payload_time(&m.payload).unwrap_or(now))
+                } else {
+                    now - started
+                };
+                stats.record(m.payload.len(), lat);
+                got.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
