@@ -24,12 +24,11 @@ pub fn svg(title: &str, reports: &[Report]) -> String {
     let total_w = 2.0 * W + 40.0;
     let legend_h = 20.0 * reports.len() as f64 + 10.0;
     let total_h = H + 40.0 + legend_h;
-    let _ = write!(
+    let _ = writeln!(
         s,
         r##"<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{total_h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
-<text x="{}" y="20" text-anchor="middle" font-size="15">{}</text>
-"##,
+<text x="{}" y="20" text-anchor="middle" font-size="15">{}</text>"##,
         total_w / 2.0,
         esc(title)
     );
@@ -38,10 +37,9 @@ pub fn svg(title: &str, reports: &[Report]) -> String {
     for (i, r) in reports.iter().enumerate() {
         let y = H + 45.0 + 20.0 * i as f64;
         let c = COLORS[i % COLORS.len()];
-        let _ = write!(
+        let _ = writeln!(
             s,
-            r##"<rect x="20" y="{}" width="14" height="4" fill="{c}"/><text x="40" y="{y}">{} — {} {}: {:.0} msgs/s, {:.1} MB/s, p99 {:.2} ms</text>
-"##,
+            r##"<rect x="20" y="{}" width="14" height="4" fill="{c}"/><text x="40" y="{y}">{} — {} {}: {:.0} msgs/s, {:.1} MB/s, p99 {:.2} ms</text>"##,
             y - 5.0,
             esc(&r.system),
             esc(&r.workload),
@@ -56,15 +54,14 @@ pub fn svg(title: &str, reports: &[Report]) -> String {
 }
 
 fn frame(s: &mut String, x0: f64, y0: f64, title: &str, xlabel: &str, ylabel: &str) {
-    let _ = write!(
+    let _ = writeln!(
         s,
         r##"<g transform="translate({x0},{y0})">
 <rect x="{PAD}" y="10" width="{}" height="{}" fill="none" stroke="#888"/>
 <text x="{}" y="8" text-anchor="middle">{}</text>
 <text x="{}" y="{}" text-anchor="middle">{}</text>
 <text x="12" y="{}" text-anchor="middle" transform="rotate(-90 12 {})">{}</text>
-</g>
-"##,
+</g>"##,
         W - PAD - 10.0,
         H - PAD - 10.0,
         (W + PAD) / 2.0,
@@ -112,10 +109,9 @@ fn throughput_panel(s: &mut String, x0: f64, y0: f64, reports: &[Report]) {
             pts.join(" ")
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         s,
-        r##"<text x="{}" y="{}" text-anchor="end">{:.0}</text><text x="{}" y="{}" text-anchor="end">0</text><text x="{}" y="{}" text-anchor="end">{}</text>
-"##,
+        r##"<text x="{}" y="{}" text-anchor="end">{:.0}</text><text x="{}" y="{}" text-anchor="end">0</text><text x="{}" y="{}" text-anchor="end">{}</text>"##,
         x0 + PAD - 3.0,
         y0 + 20.0,
         peak,
@@ -145,10 +141,9 @@ fn latency_panel(s: &mut String, x0: f64, y0: f64, reports: &[Report]) {
     let ypos = |v: f64| ph * (1.0 - (v.max(lo).ln() - lo.ln()) / (hi.ln() - lo.ln()));
     for p in super::PERCENTILES {
         let x = x0 + PAD + pw * nines(p) / xmax;
-        let _ = write!(
+        let _ = writeln!(
             s,
-            r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#ddd"/><text x="{x:.1}" y="{}" text-anchor="middle">p{p}</text>
-"##,
+            r##"<line x1="{x:.1}" y1="{}" x2="{x:.1}" y2="{}" stroke="#ddd"/><text x="{x:.1}" y="{}" text-anchor="middle">p{p}</text>"##,
             y0 + 10.0,
             y0 + H - PAD,
             y0 + H - PAD + 14.0
@@ -173,10 +168,9 @@ fn latency_panel(s: &mut String, x0: f64, y0: f64, reports: &[Report]) {
             pts.join(" ")
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         s,
-        r##"<text x="{}" y="{}" text-anchor="end">{hi:.3}</text><text x="{}" y="{}" text-anchor="end">{lo:.3}</text>
-"##,
+        r##"<text x="{}" y="{}" text-anchor="end">{hi:.3}</text><text x="{}" y="{}" text-anchor="end">{lo:.3}</text>"##,
         x0 + PAD - 3.0,
         y0 + 20.0,
         x0 + PAD - 3.0,
