@@ -461,3 +461,68 @@ pub fn should_stop(w: &Workload, started: Instant, sent_total: &AtomicU64) -> bo
     }
     sent_total.load(Ordering::Relaxed) >= w.count
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(
+            "kafka://h:1".parse::<Target>(),
+            Ok(Target::Kafka("h:1".into()))
+        );
+        assert_eq!(
+            "sluice://h:2".parse::<Target>(),
+            Ok(Target::Sluice("h:2".into()))
+        );
+        assert_eq!(
+            "nats://h:3".parse::<Target>(),
+            Ok(Target::Nats("h:3".into()))
+        );
+        assert!("h:1".parse::<Target>().is_err());
+        assert!("amqp://h:1".parse::<Target>().is_err());
+        assert!("kafka://".parse::<Target>().is_err());
+    }
+
+    #[test]
+    fn payload_carries_time_and_reports_round_trip() {
+        let p = payload(1024, 7, 123_456);
+        assert_eq!((p.len(), payload_time(&p)), (1024, Some(123_456)));
+        let stats = Stats::new(Duration::ZERO);
+        for i in 1..=100u64 {
+            stats.record(1024, i * 1_000_000);
+        }
+        let r = Report::from_stats(
+            "w",
+            "produce",
+            "sys",
+            &stats,
+            Duration::from_secs(2),
+            Some((1.5, 2048)),
+        );
+        assert_eq!((r.messages, r.bytes), (100, 102_400));
+        assert!((r.msgs_per_s() - 50.0).abs() < 1e-9);
+        assert!((r.pct(50.0) - 50.0).abs() < 0.1, "{}", r.pct(50.0));
+        assert!((r.pct(99.0) - 99.0).abs() < 0.1);
+        let back = Report::from_json(&r.to_json()).unwrap();
+        assert_eq!(
+            (back.messages, back.system.as_str(), back.rss_kib_max),
+            (100, "sys", Some(2048))
+        );
+        let svg = chart::svg("t", &[r, back]);
+        assert!(
+            svg.starts_with("<svg")
+                && svg.contains("polyline")
+                && svg.trim_end().ends_with("</svg>")
+        );
+    }
+
+    #[test]
+    fn warmup_is_not_measured() {
+        let stats = Stats::new(Duration::from_secs(3600));
+        stats.record(10, 1000);
+        assert_eq!(stats.messages.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.series_total(), 1);
+    }
+}
