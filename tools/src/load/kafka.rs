@@ -26,14 +26,14 @@ pub async fn prepare(addr: &str, w: &Workload) -> Result<(), String> {
     let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
     let _ = admin.delete_topics(&[&w.topic], &opts).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let topic = NewTopic::new(
-        &w.topic,
-        w.partitions.max(1) as i32,
-        TopicReplication::Fixed(1),
-    );
     for attempt in 0..20 {
+        let topic = NewTopic::new(
+            &w.topic,
+            w.partitions.max(1) as i32,
+            TopicReplication::Fixed(1),
+        );
         let r = admin
-            .create_topics(&[topic.clone()], &opts)
+            .create_topics(&[topic], &opts)
             .await
             .map_err(|e| e.to_string())?;
         match r.first() {
