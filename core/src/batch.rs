@@ -292,6 +292,64 @@ pub struct Record {
     pub headers: Vec<RecordHeader>,
 }
 
+/// One record of an uncompressed batch, borrowed from the batch bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordView<'a> {
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: Vec<(&'a [u8], Option<&'a [u8]>)>,
+}
+
+/// The only record of a valid, uncompressed single-record batch, without copying it (a
+/// stream message on the publish path). `Ok(None)` for a compressed batch (decode it with
+/// [`records`]); an error for anything malformed or for more than one record.
+pub fn single_record(batch: &[u8]) -> Result<Option<RecordView<'_>>, BatchError> {
+    let header = validate(batch)?;
+    if header.compression()? != Compression::None {
+        return Ok(None);
+    }
+    let bad = |reason| BatchError::MalformedRecord { index: 0, reason };
+    if header.records_count != 1 {
+        return Err(bad("expected exactly one record"));
+    }
+    let mut r = Cursor {
+        bytes: &batch[HEADER_BYTES..],
+        pos: 0,
+    };
+    let length = r.varint().ok_or(bad("length"))?;
+    if length < 0 || length as usize != r.remaining() {
+        return Err(bad("length does not match the batch"));
+    }
+    let _attributes = r.byte().ok_or(bad("attributes"))?;
+    let timestamp_delta = r.varlong().ok_or(bad("timestamp delta"))?;
+    let _offset_delta = r.varint().ok_or(bad("offset delta"))?;
+    let key = r.slice_opt().ok_or(bad("key"))?;
+    let value = r.slice_opt().ok_or(bad("value"))?;
+    let header_count = r.varint().ok_or(bad("header count"))?;
+    if header_count < 0 || header_count as usize > r.remaining() {
+        return Err(bad("header count out of range"));
+    }
+    let mut headers = Vec::with_capacity(header_count as usize);
+    for _ in 0..header_count {
+        let k = r
+            .slice_opt()
+            .ok_or(bad("header key"))?
+            .ok_or(bad("null header key"))?;
+        let v = r.slice_opt().ok_or(bad("header value"))?;
+        headers.push((k, v));
+    }
+    if r.remaining() != 0 {
+        return Err(bad("trailing bytes"));
+    }
+    Ok(Some(RecordView {
+        timestamp: header.base_timestamp.wrapping_add(timestamp_delta),
+        key,
+        value,
+        headers,
+    }))
+}
+
 /// Decodes every record of a batch, decompressing if needed. `decompressed_bytes_max` bounds
 /// the memory a hostile compressed batch can make us allocate.
 pub fn records(batch: &[u8], decompressed_bytes_max: usize) -> Result<Vec<Record>, BatchError> {
@@ -575,7 +633,7 @@ struct Cursor<'a> {
     pos: usize,
 }
 
-impl Cursor<'_> {
+impl<'a> Cursor<'a> {
     fn remaining(&self) -> usize {
         self.bytes.len() - self.pos
     }
@@ -606,6 +664,20 @@ impl Cursor<'_> {
         i32::try_from(v).ok()
     }
 
+    fn slice_opt(&mut self) -> Option<Option<&'a [u8]>> {
+        let len = self.varint()?;
+        if len < 0 {
+            return Some(None);
+        }
+        let len = len as usize;
+        if len > self.remaining() {
+            return None;
+        }
+        let out = &self.bytes[self.pos..self.pos + len];
+        self.pos += len;
+        Some(Some(out))
+    }
+
     fn bytes_opt(&mut self) -> Option<Option<Vec<u8>>> {
         let len = self.varint()?;
         if len < 0 {
@@ -624,6 +696,29 @@ impl Cursor<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn single_record_view_matches_records() {
+        let mut b = BatchBuilder::new(Compression::None, 1000);
+        b.push(
+            1005,
+            Some(b"orders.1"),
+            Some(b"payload"),
+            &[(b"Id", Some(b"x"))],
+        );
+        let bytes = b.build();
+        let v = single_record(&bytes).unwrap().unwrap();
+        let r = &records(&bytes, 1 << 20).unwrap()[0];
+        assert_eq!(v.key, r.key.as_deref());
+        assert_eq!(v.value, r.value.as_deref());
+        assert_eq!(v.timestamp, r.timestamp);
+        assert_eq!(v.headers, vec![(&b"Id"[..], Some(&b"x"[..]))]);
+        b.push(1006, None, Some(b"second"), &[]);
+        assert!(single_record(&b.build()).is_err());
+        let mut z = BatchBuilder::new(Compression::Zstd, 1000);
+        z.push(1005, Some(b"k"), Some(b"v"), &[]);
+        assert_eq!(single_record(&z.build()).unwrap(), None);
+    }
 
     /// Found by the batch_decode fuzz target: a record whose offset delta overflows a base
     /// offset near i64::MAX panicked (debug) in the record decoder.

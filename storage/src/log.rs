@@ -51,6 +51,69 @@ pub struct Log<D: Disk> {
     config: Cell<LogConfig>,
     state: RefCell<State<D::File>>,
     changed: Notify,
+    /// Appends waiting for their batch to be acknowledged, by (last offset, id). Woken
+    /// selectively (see [`Log::wake_ack_waiters`]): with thousands of small appends in flight,
+    /// waking all of them on every write and fdatasync completion cost more than the I/O.
+    ack_waiters: RefCell<BTreeMap<(i64, u64), std::task::Waker>>,
+    next_waiter: Cell<u64>,
+}
+
+/// Waits in [`Log::ack_waiters`] until woken (then the caller re-checks the log's state).
+struct AckWait<'a, D: Disk> {
+    log: &'a Log<D>,
+    key: (i64, u64),
+    registered: bool,
+    /// Returned Ready: the wake was consumed.
+    done: bool,
+}
+
+impl<D: Disk> std::future::Future for AckWait<'_, D> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let mut waiters = self.log.ack_waiters.borrow_mut();
+        if !self.registered {
+            waiters.insert(self.key, cx.waker().clone());
+            drop(waiters);
+            self.registered = true;
+            return std::task::Poll::Pending;
+        }
+        match waiters.get_mut(&self.key) {
+            // Woken: the waker removed us.
+            None => {
+                drop(waiters);
+                self.done = true;
+                std::task::Poll::Ready(())
+            }
+            Some(w) => {
+                if !w.will_wake(cx.waker()) {
+                    *w = cx.waker().clone();
+                }
+                std::task::Poll::Pending
+            }
+        }
+    }
+}
+
+impl<D: Disk> Drop for AckWait<'_, D> {
+    fn drop(&mut self) {
+        if self.registered && !self.done {
+            let present = self
+                .log
+                .ack_waiters
+                .borrow_mut()
+                .remove(&self.key)
+                .is_some();
+            if !present {
+                // Woken, but dropped before acting on it (a cancelled append): pass the wake
+                // on, or the I/O round it was to drive would wait for the next event.
+                self.log.wake_ack_waiters();
+            }
+        }
+    }
 }
 
 struct Segment<F> {
@@ -327,6 +390,8 @@ impl<D: Disk> Log<D> {
                 last_sync_ms: now_ms,
             }),
             changed: Notify::default(),
+            ack_waiters: RefCell::new(BTreeMap::new()),
+            next_waiter: Cell::new(0),
         })
     }
 
@@ -346,6 +411,41 @@ impl<D: Disk> Log<D> {
             "segment.bytes must fit u32"
         );
         self.config.set(config);
+        self.wake_ack_waiters();
+    }
+
+    /// Wakes the appends that can make progress: every one now acknowledged (or all, if the
+    /// log is poisoned), plus the first one whose batch still needs a write and the first one
+    /// that needs an fdatasync — they take the next I/O round for everyone.
+    fn wake_ack_waiters(&self) {
+        let Ok(st) = self.state.try_borrow() else {
+            return;
+        };
+        let policy = self.config.get().fsync;
+        let (acked, written, poisoned) = (
+            st.acked_end(policy),
+            st.written_offset,
+            st.poisoned.is_some(),
+        );
+        drop(st);
+        let mut waiters = self.ack_waiters.borrow_mut();
+        let mut wake = Vec::new();
+        if poisoned {
+            wake.extend(std::mem::take(&mut *waiters).into_values());
+        } else {
+            let rest = waiters.split_off(&(acked, 0));
+            wake.extend(std::mem::replace(&mut *waiters, rest).into_values());
+            if let Some(k) = waiters.range((written, 0)..).next().map(|(k, _)| *k) {
+                wake.extend(waiters.remove(&k));
+            }
+            if let Some(k) = waiters.range(..(written, 0)).next().map(|(k, _)| *k) {
+                wake.extend(waiters.remove(&k));
+            }
+        }
+        drop(waiters);
+        for w in wake {
+            w.wake();
+        }
     }
 
     /// The first offset still in the log.
@@ -378,6 +478,14 @@ impl<D: Disk> Log<D> {
     /// Appends one batch (as a producer sent it) and waits until it is acknowledged under the
     /// fsync policy. Offsets are written into `batch` in place.
     pub async fn append(&self, now_ms: u64, batch: &mut [u8]) -> Result<AppendInfo, LogError> {
+        let info = self.append_ref(now_ms, batch).await?;
+        batch::set_base_offset(batch, info.base_offset);
+        Ok(info)
+    }
+
+    /// [`Log::append`] of a batch the caller cannot lend mutably (a shared frame buffer): the
+    /// offsets are written into the log's own copy.
+    pub async fn append_ref(&self, now_ms: u64, batch: &[u8]) -> Result<AppendInfo, LogError> {
         if batch.len() > self.config.get().batch_bytes_max {
             return Err(LogError::BatchTooLarge {
                 bytes: batch.len(),
@@ -799,6 +907,7 @@ impl<D: Disk> Log<D> {
             }
         }
         self.changed.notify_all();
+        self.wake_ack_waiters();
         result
     }
 
@@ -822,7 +931,7 @@ impl<D: Disk> Log<D> {
         &self,
         st: &mut State<D::File>,
         now_ms: u64,
-        batch: &mut [u8],
+        batch: &[u8],
         header: &BatchHeader,
     ) -> Option<AppendInfo> {
         let len = batch.len();
@@ -843,9 +952,10 @@ impl<D: Disk> Log<D> {
             st.tail.buf = bigger;
         }
         let base = st.next_offset;
-        batch::set_base_offset(batch, Offset(base));
         let fill = st.tail.fill;
-        st.tail.buf.bytes_mut()[fill..fill + len].copy_from_slice(batch);
+        let copy = &mut st.tail.buf.bytes_mut()[fill..fill + len];
+        copy.copy_from_slice(batch);
+        batch::set_base_offset(copy, Offset(base));
         st.tail.fill += len;
         let last = base + header.last_offset_delta as i64;
         st.next_offset = last + 1;
@@ -872,7 +982,14 @@ impl<D: Disk> Log<D> {
 
     async fn wait_acked(&self, now_ms: u64, last_offset: i64) -> Result<(), LogError> {
         loop {
-            let wait = self.changed.notified();
+            let id = self.next_waiter.get();
+            self.next_waiter.set(id + 1);
+            let wait = AckWait {
+                log: self,
+                key: (last_offset, id),
+                registered: false,
+                done: false,
+            };
             let claim = {
                 let mut st = self.state.borrow_mut();
                 if st.acked_end(self.config.get().fsync) > last_offset {

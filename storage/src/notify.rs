@@ -19,6 +19,7 @@ impl Notify {
         Notified {
             notify: self,
             epoch: self.epoch.get(),
+            slot: None,
         }
     }
 
@@ -34,18 +35,31 @@ impl Notify {
 pub struct Notified<'a> {
     notify: &'a Notify,
     epoch: u64,
+    /// Where this future's waker sits in `wakers` (stable until the next `notify_all`), so a
+    /// re-poll costs O(1) — thousands of appends may wait on one log's notification.
+    slot: Option<usize>,
 }
 
 impl Future for Notified<'_> {
     type Output = ();
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         if self.notify.epoch.get() != self.epoch {
             return Poll::Ready(());
         }
         let mut wakers = self.notify.wakers.borrow_mut();
-        if !wakers.iter().any(|w| w.will_wake(cx.waker())) {
-            wakers.push(cx.waker().clone());
+        match self.slot {
+            Some(i) if i < wakers.len() => {
+                if !wakers[i].will_wake(cx.waker()) {
+                    wakers[i] = cx.waker().clone();
+                }
+            }
+            _ => {
+                wakers.push(cx.waker().clone());
+                let i = wakers.len() - 1;
+                drop(wakers);
+                self.slot = Some(i);
+            }
         }
         Poll::Pending
     }

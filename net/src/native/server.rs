@@ -456,8 +456,7 @@ fn publish(conn: &Rc<Conn>, h: Header, body: Bytes) -> Result<(), String> {
             // Registered with the stream in arrival order: the job is queued (or, on this
             // shard, started) before the next frame is read.
             spawn(conn, async move |c: Rc<Conn>| {
-                let r =
-                    super::streams::store_direct(&c.shard, &name, &subject, batch.to_vec()).await;
+                let r = super::streams::store_direct(&c.shard, &name, &subject, batch).await;
                 if want_ack {
                     match r {
                         Ok(ack) => c.reply(op::PUB_ACK, h.corr, &native::to_body(&ack)),

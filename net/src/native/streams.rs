@@ -164,6 +164,64 @@ pub fn parse_message(bytes: &[u8]) -> Result<Parsed, Refusal> {
     })
 }
 
+/// What a publish needs from its batch: subject, dedup id, expected last sequence, size —
+/// borrowed from the bytes when the batch is uncompressed (the common case).
+struct PubInfo {
+    subject: String,
+    msg_id: Option<String>,
+    expected_last_seq: Option<u64>,
+    size: usize,
+}
+
+fn pub_info(bytes: &[u8]) -> Result<PubInfo, Refusal> {
+    let bad = |m: String| (status::BAD_REQUEST, m);
+    let view = match batch::single_record(bytes) {
+        Ok(Some(v)) => v,
+        Ok(None) => {
+            let p = parse_message(bytes)?;
+            return Ok(PubInfo {
+                subject: p.subject,
+                msg_id: p.msg_id,
+                expected_last_seq: p.expected_last_seq,
+                size: p.size,
+            });
+        }
+        Err(e) => return Err(bad(e.to_string())),
+    };
+    let subject = view
+        .key
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .ok_or_else(|| bad("the record key must be the UTF-8 subject".into()))?;
+    let mut size = subject.len() + view.value.map_or(0, |v| v.len());
+    let (mut msg_id, mut expected_last_seq) = (None, None);
+    for (k, v) in &view.headers {
+        let v = v.unwrap_or_default();
+        size += k.len() + v.len();
+        if *k == MSG_ID_HEADER.as_bytes() || *k == b"Nats-Msg-Id" {
+            msg_id = Some(String::from_utf8_lossy(v).into_owned());
+        } else if *k == EXPECTED_LAST_SEQ_HEADER.as_bytes() || *k == b"Nats-Expected-Last-Sequence"
+        {
+            expected_last_seq = Some(
+                std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .ok_or_else(|| {
+                        bad(format!(
+                            "{} must be a sequence number",
+                            String::from_utf8_lossy(k)
+                        ))
+                    })?,
+            );
+        }
+    }
+    Ok(PubInfo {
+        subject: subject.to_string(),
+        msg_id,
+        expected_last_seq,
+        size,
+    })
+}
+
 /// Builds a single-message batch (the client does the same).
 pub fn message_batch(
     subject: &str,
@@ -287,8 +345,8 @@ impl StreamHome {
     }
 
     /// Stores a published message. The batch is the client's, stored as is.
-    pub async fn publish(&self, subject: &str, mut batch: Vec<u8>) -> Result<PubAck, Refusal> {
-        let p = parse_message(&batch)?;
+    pub async fn publish(&self, subject: &str, batch: Bytes) -> Result<PubAck, Refusal> {
+        let p = pub_info(&batch)?;
         if p.subject != subject {
             return Err((
                 status::BAD_REQUEST,
@@ -328,10 +386,11 @@ impl StreamHome {
         };
         match &self.store {
             Store::Memory(m) => {
-                batch::set_base_offset(&mut batch, Offset(seq as i64 - 1));
-                m.borrow_mut().insert(seq, Bytes::from(batch));
+                let mut owned = batch.to_vec();
+                batch::set_base_offset(&mut owned, Offset(seq as i64 - 1));
+                m.borrow_mut().insert(seq, Bytes::from(owned));
             }
-            Store::File(part) => match part.log.append(now as u64, &mut batch).await {
+            Store::File(part) => match part.log.append_ref(now as u64, &batch).await {
                 Ok(info) if info.base_offset.0 as u64 + 1 == seq => {}
                 Ok(info) => {
                     eprintln!(
@@ -866,7 +925,8 @@ impl StreamHome {
                 deliveries.to_string().into_bytes(),
             ));
             let batch = message_batch(&p.subject, &headers, &p.data, wall_clock_ms() as i64);
-            if let Err((_, m)) = store_direct(shard, &target, &p.subject, batch).await {
+            if let Err((_, m)) = store_direct(shard, &target, &p.subject, Bytes::from(batch)).await
+            {
                 eprintln!(
                     "sluice: dead-lettering {}#{seq} to stream {target} failed: {m}",
                     self.name
@@ -1067,7 +1127,7 @@ pub async fn store_direct(
     shard: &Rc<Shard>,
     name: &str,
     subject: &str,
-    batch: Vec<u8>,
+    batch: Bytes,
 ) -> Result<PubAck, Refusal> {
     let owner = shard.owner(name, 0);
     let (name, subject) = (name.to_string(), subject.to_string());

@@ -13,7 +13,8 @@ fuzz_target!(|data: &[u8]| {
     assert!(used <= data.len());
     for (header, range) in found {
         assert_eq!(range.len(), header.total_bytes());
-        let _ = batch::records(&data[range], 1 << 20);
+        let _ = batch::records(&data[range.clone()], 1 << 20);
+        let _ = batch::single_record(&data[range]);
     }
     // Past the CRC: fix it up so the record decoder sees arbitrary bodies too.
     if data.len() >= batch::HEADER_BYTES {
@@ -24,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
         let crc = crc32c(&owned[21..]);
         owned[17..21].copy_from_slice(&crc.to_be_bytes());
         let _ = batch::records(&owned, 1 << 20);
+        let _ = batch::single_record(&owned);
     }
 });
 
