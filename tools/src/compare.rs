@@ -11,7 +11,8 @@
 //!   before the PubAck);
 //! - `tansu`: Tansu 0.6.0 with its in-memory storage engine (nothing is synced), librdkafka;
 //! - `nats`: nats-server 2.15.1, JetStream file storage with `sync_interval: always`
-//!   (fsync before the PubAck), async-nats.
+//!   (fsync before the PubAck) for produce and e2e, the default sync for the consume run's
+//!   backlog (only reading is measured there), async-nats.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -66,8 +67,12 @@ pub struct CompareArgs {
     /// Producers (and publishes in flight each) for produce and consume
     #[arg(long, default_value_t = 4)]
     producers: usize,
-    #[arg(long, default_value_t = 256)]
+    /// Publishes awaiting their acks per producer (native protocols)
+    #[arg(long, default_value_t = 1024)]
     in_flight: usize,
+    /// librdkafka's queue per producer (queue.buffering.max.messages) for Kafka targets
+    #[arg(long, default_value_t = 200_000)]
+    kafka_queue: usize,
     /// Write the table as JSON here
     #[arg(long)]
     json: Option<PathBuf>,
@@ -120,7 +125,12 @@ fn wait_port(port: u16, child: &mut Child, what: &str) -> Result<(), String> {
 }
 
 /// Starts `system` pinned to the broker CPUs; returns it and the target to drive.
-fn start(a: &CompareArgs, system: &str, data: &Path) -> Result<(Broker, Target), String> {
+fn start(
+    a: &CompareArgs,
+    system: &str,
+    data: &Path,
+    workload: &str,
+) -> Result<(Broker, Target), String> {
     let _ = std::fs::remove_dir_all(data);
     std::fs::create_dir_all(data).map_err(|e| format!("{}: {e}", data.display()))?;
     let port = free_port();
@@ -157,10 +167,17 @@ fn start(a: &CompareArgs, system: &str, data: &Path) -> Result<(Broker, Target),
         }
         "nats" => {
             let conf = data.join("nats.conf");
+            // fsync before every PubAck where publishes are measured; the consume run only
+            // reads, so its backlog is written with nats-server's default (sync every 2 min).
+            let sync = if workload == "consume" {
+                ""
+            } else {
+                "  sync_interval: always\n"
+            };
             std::fs::write(
                 &conf,
                 format!(
-                    "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n  max_file_store: 64GB\n  max_memory_store: 1GB\n}}\n",
+                    "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: \"{}\"\n{sync}  max_file_store: 64GB\n  max_memory_store: 1GB\n}}\n",
                     data.join("js").display()
                 ),
             )
@@ -283,8 +300,11 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
         let mut runs = Vec::new();
         for system in &a.systems {
             let data = a.dir.join(format!("{system}-{workload}"));
-            let (broker, target) = start(&a, system, &data)?;
+            let (broker, target) = start(&a, system, &data, workload)?;
             let mut la = load_args(&a, target.clone(), system);
+            if matches!(target, Target::Kafka(_)) {
+                la.in_flight = a.kafka_queue;
+            }
             la.broker_pid = Some(broker.child.id());
             match workload.as_str() {
                 "produce" => la.duration = Some(a.produce_duration),

@@ -240,6 +240,26 @@ impl Subscription {
 }
 
 fn decode_message(client: &Client, m: &Msg<'_>) -> Result<Message, Error> {
+    // The common case: one uncompressed record, read in place.
+    if let Ok(Some(v)) = batch::single_record(m.batch) {
+        return Ok(Message {
+            subject: m.subject.to_string(),
+            reply: m.reply.to_string(),
+            headers: v
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(k).into_owned(),
+                        v.unwrap_or_default().to_vec(),
+                    )
+                })
+                .collect(),
+            data: v.value.unwrap_or_default().to_vec(),
+            meta: m.meta.clone(),
+            client: Some(client.clone()),
+        });
+    }
     let records = batch::records(m.batch, 64 << 20).map_err(|e| Error::Protocol(e.to_string()))?;
     let r = records
         .into_iter()

@@ -39,10 +39,9 @@ pub fn svg(title: &str, reports: &[Report]) -> String {
         let c = COLORS[i % COLORS.len()];
         let _ = writeln!(
             s,
-            r##"<rect x="20" y="{}" width="14" height="4" fill="{c}"/><text x="40" y="{y}">{} — {} {}: {:.0} msgs/s, {:.1} MB/s, p99 {:.2} ms</text>"##,
+            r##"<rect x="20" y="{}" width="14" height="4" fill="{c}"/><text x="40" y="{y}">{} — {}: {:.0} msgs/s, {:.1} MB/s, p99 {:.2} ms</text>"##,
             y - 5.0,
             esc(&r.system),
-            esc(&r.workload),
             esc(&r.mode),
             r.msgs_per_s(),
             r.mb_per_s(),

@@ -6,14 +6,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::{now_ns, payload, payload_time, should_stop, Pacer, Stats, Workload};
@@ -49,7 +48,34 @@ pub async fn prepare(addr: &str, w: &Workload) -> Result<(), String> {
     Err(format!("topic {} could not be recreated", w.topic))
 }
 
-fn producer(addr: &str, w: &Workload) -> Result<FutureProducer, String> {
+/// Records each delivery straight from librdkafka's delivery callback (no future per
+/// message): the opaque carries the message's intended send time and size.
+struct StatsContext {
+    stats: Arc<Stats>,
+}
+
+impl rdkafka::ClientContext for StatsContext {}
+
+impl rdkafka::producer::ProducerContext for StatsContext {
+    type DeliveryOpaque = Box<(u64, usize)>;
+
+    fn delivery(
+        &self,
+        result: &rdkafka::message::DeliveryResult<'_>,
+        opaque: Self::DeliveryOpaque,
+    ) {
+        match result {
+            Ok(_) => self.stats.record(opaque.1, now_ns() - opaque.0),
+            Err(_) => self.stats.error(),
+        }
+    }
+}
+
+fn producer(
+    addr: &str,
+    w: &Workload,
+    stats: Arc<Stats>,
+) -> Result<ThreadedProducer<StatsContext>, String> {
     ClientConfig::new()
         .set("bootstrap.servers", addr)
         .set("acks", &w.acks)
@@ -60,60 +86,62 @@ fn producer(addr: &str, w: &Workload) -> Result<FutureProducer, String> {
             "enable.idempotence",
             if w.acks == "all" { "true" } else { "false" },
         )
-        .set("queue.buffering.max.messages", "1000000")
-        .set("queue.buffering.max.kbytes", "1048576")
-        .create()
+        .set(
+            "queue.buffering.max.messages",
+            w.in_flight.max(1).to_string(),
+        )
+        .set("queue.buffering.max.kbytes", "2097151")
+        .create_with_context(StatsContext { stats })
         .map_err(|e| e.to_string())
 }
 
+/// Producers: one thread each feeding librdkafka (whose own queue, `in_flight` messages
+/// deep, is the only bound); deliveries are counted in its callback.
 pub async fn produce(addr: &str, w: &Workload, stats: Arc<Stats>) -> Result<(), String> {
     let sent = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
-    let mut tasks = Vec::new();
+    let mut threads = Vec::new();
     for p in 0..w.producers.max(1) {
-        let prod = producer(addr, w)?;
+        let prod = producer(addr, w, stats.clone())?;
         let (w, stats, sent) = (w.clone(), stats.clone(), sent.clone());
-        tasks.push(tokio::spawn(async move {
+        threads.push(tokio::task::spawn_blocking(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("runtime");
             let pacer = Pacer::new(&w);
-            let mut pending = FuturesUnordered::new();
             let mut i = 0u64;
             loop {
                 if should_stop(&w, started, &sent) {
                     break;
                 }
-                while pending.len() >= w.in_flight.max(1) {
-                    pending.next().await;
-                }
                 let n = sent.fetch_add(1, Ordering::Relaxed);
                 if w.duration.is_none() && n >= w.count {
                     break;
                 }
-                let intended = pacer.wait(i).await;
+                let intended = if w.rate > 0.0 {
+                    rt.block_on(pacer.wait(i))
+                } else {
+                    now_ns()
+                };
                 let data = payload(w.message_bytes, n, intended);
                 let key = (w.keys > 0).then(|| format!("k{}", n % w.keys));
                 let partition = ((n + p as u64) % w.partitions.max(1) as u64) as i32;
+                let mut opaque = Box::new((intended, data.len()));
                 loop {
-                    let mut rec = FutureRecord::<String, Vec<u8>>::to(&w.topic).payload(&data);
-                    if let Some(k) = &key {
-                        rec = rec.key(k);
-                    } else {
-                        rec = rec.partition(partition);
-                    }
-                    match prod.send_result(rec) {
-                        Ok(fut) => {
-                            let (stats, len) = (stats.clone(), data.len());
-                            pending.push(async move {
-                                match fut.await {
-                                    Ok(Ok(_)) => stats.record(len, now_ns() - intended),
-                                    _ => stats.error(),
-                                }
-                            });
-                            break;
-                        }
-                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                            if pending.next().await.is_none() {
-                                tokio::time::sleep(Duration::from_millis(1)).await;
-                            }
+                    let mut rec = BaseRecord::<String, Vec<u8>, Box<(u64, usize)>>::with_opaque_to(
+                        &w.topic, opaque,
+                    )
+                    .payload(&data);
+                    rec = match &key {
+                        Some(k) => rec.key(k),
+                        None => rec.partition(partition),
+                    };
+                    match prod.send(rec) {
+                        Ok(()) => break,
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                            opaque = r.delivery_opaque;
+                            prod.poll(Duration::from_millis(1));
                         }
                         Err(_) => {
                             stats.error();
@@ -123,10 +151,10 @@ pub async fn produce(addr: &str, w: &Workload, stats: Arc<Stats>) -> Result<(), 
                 }
                 i += 1;
             }
-            while pending.next().await.is_some() {}
+            let _ = prod.flush(Duration::from_secs(60));
         }));
     }
-    for t in tasks {
+    for t in threads {
         t.await.map_err(|e| e.to_string())?;
     }
     Ok(())

@@ -340,10 +340,14 @@ impl Report {
     }
 
     pub fn print(&self) {
+        let name = if self.workload == self.mode {
+            self.mode.clone()
+        } else {
+            format!("{} {}", self.workload, self.mode)
+        };
         println!(
-            "{} {} on {}: {} msgs in {:.2} s = {:.0} msgs/s, {:.1} MB/s{}",
-            self.workload,
-            self.mode,
+            "{} on {}: {} msgs in {:.2} s = {:.0} msgs/s, {:.1} MB/s{}",
+            name,
             self.system,
             self.messages,
             self.seconds,
