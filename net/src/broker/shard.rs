@@ -335,3 +335,49 @@ impl Shard {
         }
     }
 }
+
+/// Accepts connections on this shard's SO_REUSEPORT `listener` until the broker stops, serving
+/// each with `serve` as its own task (counted in `connections` for the shutdown drain).
+pub async fn accept_loop<F>(
+    shard: Rc<Shard>,
+    listener: glommio::net::TcpListener,
+    protocol: &'static str,
+    serve: fn(Rc<Shard>, glommio::net::TcpStream) -> F,
+) where
+    F: Future<Output = std::io::Result<()>> + 'static,
+{
+    loop {
+        let stop = shard.stop.notified();
+        if shard.is_stopping() {
+            break;
+        }
+        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
+            stop.await;
+            None
+        })
+        .await;
+        match accepted {
+            None => break,
+            Some(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                let shard = shard.clone();
+                shard.connections.set(shard.connections.get() + 1);
+                glommio::spawn_local(async move {
+                    let peer = stream.peer_addr().ok();
+                    if let Err(e) = serve(shard.clone(), stream).await {
+                        if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                            eprintln!("sluice: {protocol} connection {peer:?} closed: {e}");
+                        }
+                    }
+                    shard.connections.set(shard.connections.get() - 1);
+                    shard.idle.notify_all();
+                })
+                .detach();
+            }
+            Some(Err(e)) => {
+                eprintln!("sluice: {protocol} accept failed: {e}");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    }
+}

@@ -29,40 +29,10 @@ pub const IN_FLIGHT_MAX: usize = 16;
 
 /// Accepts connections on this shard's SO_REUSEPORT listener until the broker stops.
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    loop {
-        let stop = shard.stop.notified();
-        if shard.is_stopping() {
-            break;
-        }
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            stop.await;
-            None
-        })
-        .await;
-        match accepted {
-            None => break,
-            Some(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                let shard = shard.clone();
-                shard.connections.set(shard.connections.get() + 1);
-                glommio::spawn_local(async move {
-                    let peer = stream.peer_addr().ok();
-                    if let Err(e) = serve_connection(&shard, stream).await {
-                        if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                            eprintln!("sluice: connection {peer:?} closed: {e}");
-                        }
-                    }
-                    shard.connections.set(shard.connections.get() - 1);
-                    shard.idle.notify_all();
-                })
-                .detach();
-            }
-            Some(Err(e)) => {
-                eprintln!("sluice: accept failed: {e}");
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        }
-    }
+    crate::broker::shard::accept_loop(shard, listener, "kafka", |s, stream| async move {
+        serve_connection(&s, stream).await
+    })
+    .await
 }
 
 type Pending = glommio::task::JoinHandle<Option<Vec<Chunk>>>;

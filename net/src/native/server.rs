@@ -32,40 +32,10 @@ const FETCH_EXPIRES_MAX_MS: u64 = 60 * 60 * 1000;
 const FETCH_EXPIRES_DEFAULT_MS: u64 = 30_000;
 
 pub async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
-    loop {
-        let stop = shard.stop.notified();
-        if shard.is_stopping() {
-            break;
-        }
-        let accepted = futures_lite::future::or(async { Some(listener.accept().await) }, async {
-            stop.await;
-            None
-        })
-        .await;
-        match accepted {
-            None => break,
-            Some(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                let shard = shard.clone();
-                shard.connections.set(shard.connections.get() + 1);
-                glommio::spawn_local(async move {
-                    let peer = stream.peer_addr().ok();
-                    if let Err(e) = serve(&shard, stream).await {
-                        if e.kind() != std::io::ErrorKind::UnexpectedEof {
-                            eprintln!("sluice: native connection {peer:?} closed: {e}");
-                        }
-                    }
-                    shard.connections.set(shard.connections.get() - 1);
-                    shard.idle.notify_all();
-                })
-                .detach();
-            }
-            Some(Err(e)) => {
-                eprintln!("sluice: native accept failed: {e}");
-                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
-            }
-        }
-    }
+    crate::broker::shard::accept_loop(shard, listener, "native", |s, stream| async move {
+        serve(&s, stream).await
+    })
+    .await
 }
 
 /// A connection's subscription: its pattern and queue group.
