@@ -301,29 +301,13 @@ pub struct RecordView<'a> {
     pub headers: Vec<(&'a [u8], Option<&'a [u8]>)>,
 }
 
-/// The only record of a valid, uncompressed single-record batch, without copying it (a
-/// stream message on the publish path). `Ok(None)` for a compressed batch (decode it with
-/// [`records`]); an error for anything malformed or for more than one record.
-pub fn single_record(batch: &[u8]) -> Result<Option<RecordView<'_>>, BatchError> {
-    let header = validate(batch)?;
-    if header.compression()? != Compression::None {
-        return Ok(None);
-    }
-    let bad = |reason| BatchError::MalformedRecord { index: 0, reason };
-    if header.records_count != 1 {
-        return Err(bad("expected exactly one record"));
-    }
-    let mut r = Cursor {
-        bytes: &batch[HEADER_BYTES..],
-        pos: 0,
-    };
-    let length = r.varint().ok_or(bad("length"))?;
-    if length < 0 || length as usize != r.remaining() {
-        return Err(bad("length does not match the batch"));
-    }
+/// One record's fields after its length prefix, borrowed from `r` (which ends where the
+/// record ends): (offset delta, record with its timestamp *delta*).
+fn parse_record<'a>(r: &mut Cursor<'a>, index: usize) -> Result<(i32, RecordView<'a>), BatchError> {
+    let bad = |reason| BatchError::MalformedRecord { index, reason };
     let _attributes = r.byte().ok_or(bad("attributes"))?;
     let timestamp_delta = r.varlong().ok_or(bad("timestamp delta"))?;
-    let _offset_delta = r.varint().ok_or(bad("offset delta"))?;
+    let offset_delta = r.varint().ok_or(bad("offset delta"))?;
     let key = r.slice_opt().ok_or(bad("key"))?;
     let value = r.slice_opt().ok_or(bad("value"))?;
     let header_count = r.varint().ok_or(bad("header count"))?;
@@ -342,12 +326,56 @@ pub fn single_record(batch: &[u8]) -> Result<Option<RecordView<'_>>, BatchError>
     if r.remaining() != 0 {
         return Err(bad("trailing bytes"));
     }
-    Ok(Some(RecordView {
-        timestamp: header.base_timestamp.wrapping_add(timestamp_delta),
-        key,
-        value,
-        headers,
-    }))
+    Ok((
+        offset_delta,
+        RecordView {
+            timestamp: timestamp_delta,
+            key,
+            value,
+            headers,
+        },
+    ))
+}
+
+/// Splits the next length-prefixed record off `reader`.
+fn next_record<'a>(reader: &mut Cursor<'a>, index: usize) -> Result<Cursor<'a>, BatchError> {
+    let bad = |reason| BatchError::MalformedRecord { index, reason };
+    let length = reader.varint().ok_or(bad("length"))?;
+    if length < 0 || length as usize > reader.remaining() {
+        return Err(bad("length out of range"));
+    }
+    let end = reader.pos + length as usize;
+    let r = Cursor {
+        bytes: &reader.bytes[..end],
+        pos: reader.pos,
+    };
+    reader.pos = end;
+    Ok(r)
+}
+
+/// The only record of a valid, uncompressed single-record batch, without copying it (a
+/// stream message on the publish path). `Ok(None)` for a compressed batch (decode it with
+/// [`records`]); an error for anything malformed or for more than one record.
+pub fn single_record(batch: &[u8]) -> Result<Option<RecordView<'_>>, BatchError> {
+    let header = validate(batch)?;
+    if header.compression()? != Compression::None {
+        return Ok(None);
+    }
+    let bad = |reason| BatchError::MalformedRecord { index: 0, reason };
+    if header.records_count != 1 {
+        return Err(bad("expected exactly one record"));
+    }
+    let mut reader = Cursor {
+        bytes: &batch[HEADER_BYTES..],
+        pos: 0,
+    };
+    let mut r = next_record(&mut reader, 0)?;
+    if reader.remaining() != 0 {
+        return Err(bad("length does not match the batch"));
+    }
+    let (_, mut view) = parse_record(&mut r, 0)?;
+    view.timestamp = header.base_timestamp.wrapping_add(view.timestamp);
+    Ok(Some(view))
 }
 
 /// Decodes every record of a batch, decompressing if needed. `decompressed_bytes_max` bounds
@@ -371,44 +399,21 @@ pub fn records(batch: &[u8], decompressed_bytes_max: usize) -> Result<Vec<Record
     // Each record takes at least 7 bytes; do not trust the count for the allocation.
     let mut out = Vec::with_capacity(count.min(body.len() / 7 + 1));
     for index in 0..count {
-        let bad = |reason| BatchError::MalformedRecord { index, reason };
-        let length = reader.varint().ok_or(bad("length"))?;
-        if length < 0 || length as usize > reader.remaining() {
-            return Err(bad("length out of range"));
-        }
-        let end = reader.pos + length as usize;
-        let mut r = Cursor {
-            bytes: &reader.bytes[..end],
-            pos: reader.pos,
-        };
-        let _attributes = r.byte().ok_or(bad("attributes"))?;
-        let timestamp_delta = r.varlong().ok_or(bad("timestamp delta"))?;
-        let offset_delta = r.varint().ok_or(bad("offset delta"))?;
-        let key = r.bytes_opt().ok_or(bad("key"))?;
-        let value = r.bytes_opt().ok_or(bad("value"))?;
-        let header_count = r.varint().ok_or(bad("header count"))?;
-        if header_count < 0 || header_count as usize > r.remaining() {
-            return Err(bad("header count out of range"));
-        }
-        let mut headers = Vec::with_capacity(header_count as usize);
-        for _ in 0..header_count {
-            let key = r
-                .bytes_opt()
-                .ok_or(bad("header key"))?
-                .ok_or(bad("null header key"))?;
-            let value = r.bytes_opt().ok_or(bad("header value"))?;
-            headers.push(RecordHeader { key, value });
-        }
-        if r.pos != end {
-            return Err(bad("trailing bytes"));
-        }
-        reader.pos = end;
+        let mut r = next_record(&mut reader, index)?;
+        let (offset_delta, v) = parse_record(&mut r, index)?;
         out.push(Record {
             offset: header.base_offset.wrapping_add(offset_delta as i64),
-            timestamp: header.base_timestamp.wrapping_add(timestamp_delta),
-            key,
-            value,
-            headers,
+            timestamp: header.base_timestamp.wrapping_add(v.timestamp),
+            key: v.key.map(<[u8]>::to_vec),
+            value: v.value.map(<[u8]>::to_vec),
+            headers: v
+                .headers
+                .into_iter()
+                .map(|(k, v)| RecordHeader {
+                    key: k.to_vec(),
+                    value: v.map(<[u8]>::to_vec),
+                })
+                .collect(),
         });
     }
     Ok(out)
@@ -674,20 +679,6 @@ impl<'a> Cursor<'a> {
             return None;
         }
         let out = &self.bytes[self.pos..self.pos + len];
-        self.pos += len;
-        Some(Some(out))
-    }
-
-    fn bytes_opt(&mut self) -> Option<Option<Vec<u8>>> {
-        let len = self.varint()?;
-        if len < 0 {
-            return Some(None);
-        }
-        let len = len as usize;
-        if len > self.remaining() {
-            return None;
-        }
-        let out = self.bytes[self.pos..self.pos + len].to_vec();
         self.pos += len;
         Some(Some(out))
     }

@@ -463,6 +463,18 @@ pub fn decode_value(value: &[u8], commit_ms: u64) -> Option<Committed> {
 mod tests {
     use super::*;
 
+    async fn open_home(dir: &Path, config: OffsetsConfig) -> GroupHome {
+        GroupHome::open(
+            dir,
+            0,
+            GroupLimits::default(),
+            ConsumerGroupConfig::default(),
+            config,
+        )
+        .await
+        .unwrap()
+    }
+
     fn commit_one(offset: i64) -> Vec<((String, i32), Committed)> {
         vec![(
             ("t".to_string(), 0),
@@ -483,15 +495,7 @@ mod tests {
             compact_slack_records: 100,
         };
         sluice_storage::run_local("offsets-test", async {
-            let home = GroupHome::open(
-                &dir,
-                0,
-                GroupLimits::default(),
-                ConsumerGroupConfig::default(),
-                config,
-            )
-            .await
-            .unwrap();
+            let home = open_home(&dir, config).await;
             for i in 0..500 {
                 home.commit("g", commit_one(i)).await.unwrap();
                 home.commit("h", commit_one(1000 + i)).await.unwrap();
@@ -511,15 +515,7 @@ mod tests {
         })
         .unwrap();
         sluice_storage::run_local("offsets-test", async {
-            let home = GroupHome::open(
-                &dir,
-                0,
-                GroupLimits::default(),
-                ConsumerGroupConfig::default(),
-                config,
-            )
-            .await
-            .unwrap();
+            let home = open_home(&dir, config).await;
             assert_eq!(home.committed("g", "t", 0).unwrap().offset, 777);
             assert_eq!(home.committed("h", "t", 0), None);
             assert_eq!(home.log_extent().0, 1001);
@@ -537,15 +533,7 @@ mod tests {
             compact_slack_records: 100,
         };
         sluice_storage::run_local("offsets-test", async {
-            let home = GroupHome::open(
-                &dir,
-                0,
-                GroupLimits::default(),
-                ConsumerGroupConfig::default(),
-                config,
-            )
-            .await
-            .unwrap();
+            let home = open_home(&dir, config).await;
             home.commit("idle", commit_one(5)).await.unwrap();
             // A KIP-848 group with a live member keeps its offsets however old they are.
             let topics: BTreeMap<String, i32> = [("t".to_string(), 1)].into();
@@ -571,15 +559,7 @@ mod tests {
         })
         .unwrap();
         sluice_storage::run_local("offsets-test", async {
-            let home = GroupHome::open(
-                &dir,
-                0,
-                GroupLimits::default(),
-                ConsumerGroupConfig::default(),
-                config,
-            )
-            .await
-            .unwrap();
+            let home = open_home(&dir, config).await;
             assert_eq!(
                 home.committed("idle", "t", 0),
                 None,

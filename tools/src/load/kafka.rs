@@ -15,7 +15,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{now_ns, payload, payload_time, should_stop, Pacer, Stats, Workload};
+use super::{now_ns, payload, record_received, should_stop, Pacer, Stats, Workload};
 
 pub async fn prepare(addr: &str, w: &Workload) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -194,14 +194,7 @@ pub async fn consume(
                 else {
                     continue;
                 };
-                let data = m.payload().unwrap_or_default();
-                let now = now_ns();
-                let lat = if e2e {
-                    now.saturating_sub(payload_time(data).unwrap_or(now))
-                } else {
-                    now - started
-                };
-                stats.record(data.len(), lat);
+                record_received(&stats, m.payload().unwrap_or_default(), started, e2e);
                 got.fetch_add(1, Ordering::Relaxed);
             }
         }));

@@ -458,6 +458,83 @@ impl Pacer {
     }
 }
 
+/// Runs one producer task per client: each paces its messages (`Pacer`), keeps up to
+/// `w.in_flight` of them awaiting their acks, and records each ack's latency from the
+/// message's intended send time. `send(client, subject, payload)` publishes one message and
+/// resolves once it is acknowledged (`Err` counts as an error).
+pub async fn produce_with<C, F, Fut>(
+    w: &Workload,
+    stats: Arc<Stats>,
+    clients: Vec<C>,
+    send: F,
+) -> Result<(), String>
+where
+    C: Clone + Send + 'static,
+    F: Fn(C, String, Vec<u8>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<(), ()>> + Send + 'static,
+{
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let sent = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for (p, client) in clients.into_iter().enumerate() {
+        let (w, stats, sent, send) = (w.clone(), stats.clone(), sent.clone(), send.clone());
+        tasks.push(tokio::spawn(async move {
+            let pacer = Pacer::new(&w);
+            let mut pending = FuturesUnordered::new();
+            let mut i = 0u64;
+            loop {
+                if should_stop(&w, started, &sent) {
+                    break;
+                }
+                while pending.len() >= w.in_flight.max(1) {
+                    pending.next().await;
+                }
+                let n = sent.fetch_add(1, Ordering::Relaxed);
+                if w.duration.is_none() && n >= w.count {
+                    break;
+                }
+                let intended = pacer.wait(i).await;
+                let subject = format!(
+                    "{}.{}",
+                    w.topic,
+                    (n + p as u64) % w.partitions.max(1) as u64
+                );
+                let data = payload(w.message_bytes, n, intended);
+                let (len, stats, ack) = (
+                    data.len(),
+                    stats.clone(),
+                    send(client.clone(), subject, data),
+                );
+                pending.push(async move {
+                    match ack.await {
+                        Ok(()) => stats.record(len, now_ns() - intended),
+                        Err(()) => stats.error(),
+                    }
+                });
+                i += 1;
+            }
+            while pending.next().await.is_some() {}
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// Records a received message: end-to-end latency from the payload's send time, or (backlog
+/// reads) the time since the consumer started.
+pub fn record_received(stats: &Stats, data: &[u8], started_ns: u64, e2e: bool) {
+    let now = now_ns();
+    let lat = if e2e {
+        now.saturating_sub(payload_time(data).unwrap_or(now))
+    } else {
+        now - started_ns
+    };
+    stats.record(data.len(), lat);
+}
+
 /// Whether a producer should stop: count reached or duration over.
 pub fn should_stop(w: &Workload, started: Instant, sent_total: &AtomicU64) -> bool {
     if let Some(d) = w.duration {

@@ -5,12 +5,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use async_nats::jetstream::{self, consumer, stream};
-use futures::stream::{FuturesUnordered, StreamExt};
+use futures::stream::StreamExt;
 
-use super::{now_ns, payload, payload_time, should_stop, Pacer, Stats, Workload};
+use super::{now_ns, produce_with, record_received, Stats, Workload};
 
 fn stream_name(w: &Workload) -> String {
     w.topic.to_uppercase().replace(['.', '*', '>'], "_")
@@ -40,56 +39,20 @@ pub async fn prepare(addr: &str, w: &Workload) -> Result<(), String> {
 }
 
 pub async fn produce(addr: &str, w: &Workload, stats: Arc<Stats>) -> Result<(), String> {
-    let sent = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for p in 0..w.producers.max(1) {
-        let js = connect(addr).await?;
-        let (w, stats, sent) = (w.clone(), stats.clone(), sent.clone());
-        tasks.push(tokio::spawn(async move {
-            let pacer = Pacer::new(&w);
-            let mut pending = FuturesUnordered::new();
-            let mut i = 0u64;
-            loop {
-                if should_stop(&w, started, &sent) {
-                    break;
-                }
-                while pending.len() >= w.in_flight.max(1) {
-                    pending.next().await;
-                }
-                let n = sent.fetch_add(1, Ordering::Relaxed);
-                if w.duration.is_none() && n >= w.count {
-                    break;
-                }
-                let intended = pacer.wait(i).await;
-                let subject = format!(
-                    "{}.{}",
-                    w.topic,
-                    (n + p as u64) % w.partitions.max(1) as u64
-                );
-                let data = payload(w.message_bytes, n, intended);
-                let len = data.len();
-                match js.publish(subject, data.into()).await {
-                    Ok(ack) => {
-                        let stats = stats.clone();
-                        pending.push(async move {
-                            match ack.await {
-                                Ok(_) => stats.record(len, now_ns() - intended),
-                                Err(_) => stats.error(),
-                            }
-                        });
-                    }
-                    Err(_) => stats.error(),
-                }
-                i += 1;
-            }
-            while pending.next().await.is_some() {}
-        }));
+    let mut clients = Vec::new();
+    for _ in 0..w.producers.max(1) {
+        clients.push(connect(addr).await?);
     }
-    for t in tasks {
-        t.await.map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    produce_with(
+        w,
+        stats,
+        clients,
+        |js: jetstream::Context, subject, data| async move {
+            let ack = js.publish(subject, data.into()).await.map_err(drop)?;
+            ack.await.map(drop).map_err(drop)
+        },
+    )
+    .await
 }
 
 pub async fn consume(
@@ -135,13 +98,7 @@ pub async fn consume(
                 let Ok(Some(Ok(m))) = next else {
                     continue;
                 };
-                let now = now_ns();
-                let lat = if e2e {
-                    now.saturating_sub(payload_time(&m.payload).unwrap_or(now))
-                } else {
-                    now - started
-                };
-                stats.record(m.payload.len(), lat);
+                record_received(&stats, &m.payload, started, e2e);
                 got.fetch_add(1, Ordering::Relaxed);
             }
         }));

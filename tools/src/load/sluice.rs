@@ -5,14 +5,12 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
-use futures::stream::{FuturesUnordered, StreamExt};
 use sluice_client::{
     AckPolicy, Client, ConsumerConfig, FetchOptions, PublishOptions, Retention, StreamConfig,
 };
 
-use super::{now_ns, payload, payload_time, should_stop, Pacer, Stats, Workload};
+use super::{now_ns, produce_with, record_received, Stats, Workload};
 
 fn stream_name(w: &Workload) -> String {
     w.topic.to_uppercase().replace(['.', '*', '>'], "_")
@@ -34,65 +32,34 @@ pub async fn prepare(addr: &str, w: &Workload) -> Result<(), String> {
     Ok(())
 }
 
-/// Producers: each keeps up to `in_flight` publishes awaiting their acks.
+/// Producers: each keeps up to `in_flight` publishes awaiting their acks (acks=0: counted
+/// when sent, followed by one round trip at the end).
 pub async fn produce(addr: &str, w: &Workload, stats: Arc<Stats>) -> Result<(), String> {
-    let sent = Arc::new(AtomicU64::new(0));
-    let started = Instant::now();
-    let mut tasks = Vec::new();
-    for p in 0..w.producers.max(1) {
-        let client = Client::connect(addr).await.map_err(|e| e.to_string())?;
-        let (w, stats, sent) = (w.clone(), stats.clone(), sent.clone());
-        tasks.push(tokio::spawn(async move {
-            let pacer = Pacer::new(&w);
-            let mut pending = FuturesUnordered::new();
-            let mut i = 0u64;
-            loop {
-                if should_stop(&w, started, &sent) {
-                    break;
-                }
-                while pending.len() >= w.in_flight.max(1) {
-                    pending.next().await;
-                }
-                let n = sent.fetch_add(1, Ordering::Relaxed);
-                if w.duration.is_none() && n >= w.count {
-                    break;
-                }
-                let intended = pacer.wait(i).await;
-                let subject = format!(
-                    "{}.{}",
-                    w.topic,
-                    (n + p as u64) % w.partitions.max(1) as u64
-                );
-                let data = payload(w.message_bytes, n, intended);
-                if w.acks == "0" {
-                    if client.publish(&subject, &data).is_err() {
-                        stats.error();
-                    } else {
-                        stats.record(data.len(), now_ns() - intended);
-                    }
-                } else {
-                    let (c, stats) = (client.clone(), stats.clone());
-                    let len = data.len();
-                    pending.push(async move {
-                        match c
-                            .publish_ack(&subject, &data, PublishOptions::default())
-                            .await
-                        {
-                            Ok(_) => stats.record(len, now_ns() - intended),
-                            Err(_) => stats.error(),
-                        }
-                    });
-                }
-                i += 1;
-            }
-            while pending.next().await.is_some() {}
-            if w.acks == "0" {
-                let _ = client.ping().await;
-            }
-        }));
+    let mut clients = Vec::new();
+    for _ in 0..w.producers.max(1) {
+        clients.push(Client::connect(addr).await.map_err(|e| e.to_string())?);
     }
-    for t in tasks {
-        t.await.map_err(|e| e.to_string())?;
+    let fire_and_forget = w.acks == "0";
+    produce_with(
+        w,
+        stats,
+        clients.clone(),
+        move |c: Client, subject, data| async move {
+            if fire_and_forget {
+                c.publish(&subject, &data).map_err(drop)
+            } else {
+                c.publish_ack(&subject, &data, PublishOptions::default())
+                    .await
+                    .map(drop)
+                    .map_err(drop)
+            }
+        },
+    )
+    .await?;
+    if fire_and_forget {
+        for c in clients {
+            let _ = c.ping().await;
+        }
     }
     Ok(())
 }
@@ -154,14 +121,8 @@ pub async fn consume(
                         return;
                     }
                 };
-                let now = now_ns();
                 for m in &msgs {
-                    let lat = if e2e {
-                        now.saturating_sub(payload_time(&m.data).unwrap_or(now))
-                    } else {
-                        now - started
-                    };
-                    stats.record(m.data.len(), lat);
+                    record_received(&stats, &m.data, started, e2e);
                 }
                 got.fetch_add(msgs.len() as u64, Ordering::Relaxed);
             }
