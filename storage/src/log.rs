@@ -164,6 +164,11 @@ struct State<F: DiskFile> {
 }
 
 const SCAN_CHUNK_BYTES: usize = 1 << 20;
+/// A read of `max_bytes` asks the disk for this much more: the sparse index points up to
+/// `index.interval.bytes` before the wanted offset, and the last batch may run past the limit.
+const READ_SLACK_BYTES: usize = 64 << 10;
+/// Largest single read of a sized reader.
+const MAX_READ_CHUNK_BYTES: usize = 16 << 20;
 /// File holding the log start offset when DeleteRecords moved it inside a segment.
 const START_CHECKPOINT: &str = "log-start-offset";
 const TAIL_BYTES_MIN: usize = 64 << 10;
@@ -623,7 +628,8 @@ impl<D: Disk> Log<D> {
                 break;
             };
             let seg_next = plan.segment_end;
-            let mut cursor = BatchCursor::new(plan.file, plan.path, plan.pos, plan.limit);
+            let mut cursor = BatchCursor::new(plan.file, plan.path, plan.pos, plan.limit)
+                .chunk(max_bytes.saturating_add(READ_SLACK_BYTES));
             while let Some((header, _)) = cursor.next().await? {
                 if header.base_offset >= acked {
                     return Ok(out);
@@ -1348,6 +1354,8 @@ struct BatchCursor<F> {
     /// Range in `buf` of the batch returned last.
     current: std::ops::Range<usize>,
     limit: u64,
+    /// Bytes read per refill (at least the batch that needs them).
+    chunk: usize,
 }
 
 impl<F: DiskFile> BatchCursor<F> {
@@ -1360,7 +1368,15 @@ impl<F: DiskFile> BatchCursor<F> {
             at: 0,
             current: 0..0,
             limit,
+            chunk: SCAN_CHUNK_BYTES,
         }
+    }
+
+    /// Reads `bytes` per refill instead of [`SCAN_CHUNK_BYTES`]: a reader that knows how much
+    /// it wants gets it in one read rather than in overlapping chunks.
+    fn chunk(mut self, bytes: usize) -> Self {
+        self.chunk = bytes.clamp(HEADER_BYTES, MAX_READ_CHUNK_BYTES);
+        self
     }
 
     /// The next complete, well-formed batch header and its file position; `None` at `limit`
@@ -1408,7 +1424,7 @@ impl<F: DiskFile> BatchCursor<F> {
     async fn refill(&mut self, need: usize) -> Result<(), LogError> {
         let pos = self.buf_pos + self.at as u64;
         let want = need
-            .max(SCAN_CHUNK_BYTES)
+            .max(self.chunk)
             .min((self.limit - pos) as usize)
             .max(need);
         let bytes = self

@@ -58,7 +58,9 @@ pub fn serve(config: BrokerConfig) -> Result<(), String> {
     let receivers = std::sync::Mutex::new(receivers);
     let receivers = Arc::new(receivers);
     let next_shard_id = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let placement = glommio::PoolPlacement::MaxSpread(shards, None);
+    // Shards are pinned inside the CPUs this process may use (taskset, cgroup cpusets): a
+    // broker started on CPU 1 must not pin itself onto CPU 0.
+    let placement = glommio::PoolPlacement::MaxSpread(shards, allowed_cpu_set());
     let pool = glommio::LocalExecutorPoolBuilder::new(placement)
         .io_memory(1 << 20)
         .name("sluice-shard")
@@ -220,6 +222,32 @@ async fn run_shard(
     shard.close_partitions().await;
     barrier(&shard.shared.closed, shards_of(&shard)).await;
     shard.stopped.set(true);
+}
+
+/// The online CPUs in this process's affinity mask; `None` (all online CPUs) if it cannot be
+/// read.
+fn allowed_cpu_set() -> Option<glommio::CpuSet> {
+    let allowed = allowed_cpus()?;
+    let set = glommio::CpuSet::online()
+        .ok()?
+        .filter(|l| allowed.contains(&l.cpu));
+    (!set.is_empty()).then_some(set)
+}
+
+/// CPUs of the process's affinity mask (`sched_getaffinity`).
+pub fn allowed_cpus() -> Option<Vec<usize>> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        Some(
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|c| libc::CPU_ISSET(*c, &set))
+                .collect(),
+        )
+    }
 }
 
 fn shards_of(shard: &Shard) -> usize {

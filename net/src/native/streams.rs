@@ -1099,7 +1099,11 @@ impl StreamHome {
                 .collect(),
         };
         let bytes = serde_json::to_vec(&saved).expect("state serializes");
-        write_atomic(&self.dir.join("state.json"), &bytes)
+        // fsync and rename block: off the reactor, so deliveries and acks keep flowing.
+        let path = self.dir.join("state.json");
+        glommio::executor()
+            .spawn_blocking(move || write_atomic(&path, &bytes))
+            .await
     }
 
     pub fn remove_files(&self) {

@@ -442,6 +442,27 @@ impl Pacer {
         }
     }
 
+    /// Whether message `i`'s slot has come (always, unpaced).
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    pub fn due(&self, i: u64) -> bool {
+        match self.interval_ns {
+            None => true,
+            Some(iv) => self.start + Duration::from_nanos((iv * i as f64) as u64) <= Instant::now(),
+        }
+    }
+
+    /// Message `i`'s intended send time (ns, process clock): its slot, or now when unpaced.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    pub fn intended_ns(&self, i: u64) -> u64 {
+        match self.interval_ns {
+            None => now_ns(),
+            Some(iv) => {
+                let due = self.start + Duration::from_nanos((iv * i as f64) as u64);
+                now_ns() - Instant::now().saturating_duration_since(due).as_nanos() as u64
+            }
+        }
+    }
+
     /// Waits for message `i`'s slot; returns its intended send time (ns, process clock).
     pub async fn wait(&self, i: u64) -> u64 {
         match self.interval_ns {
@@ -494,7 +515,14 @@ where
                 if w.duration.is_none() && n >= w.count {
                     break;
                 }
-                let intended = pacer.wait(i).await;
+                // Acks are recorded when they arrive, also while waiting for the next slot.
+                let intended = loop {
+                    tokio::select! {
+                        biased;
+                        Some(()) = pending.next(), if !pending.is_empty() => {}
+                        t = pacer.wait(i) => break t,
+                    }
+                };
                 let subject = format!(
                     "{}.{}",
                     w.topic,
@@ -512,6 +540,7 @@ where
                         Err(()) => stats.error(),
                     }
                 });
+                while let Some(Some(())) = futures::FutureExt::now_or_never(pending.next()) {}
                 i += 1;
             }
             while pending.next().await.is_some() {}

@@ -64,6 +64,9 @@ pub async fn produce(addr: &str, w: &Workload, stats: Arc<Stats>) -> Result<(), 
     Ok(())
 }
 
+/// Pull requests each consumer keeps outstanding.
+const FETCH_DEPTH: usize = 3;
+
 /// Consumers: pull consumers (ack none) sharing the stream's subjects round-robin, reading
 /// until `expect` messages arrived in total. With `e2e`, latency is now − the payload's send
 /// time; otherwise the time since the run started.
@@ -100,21 +103,31 @@ pub async fn consume(
             .map_err(|e| format!("creating consumer: {e}"))?;
         let (stats, got, name, expect) = (stats.clone(), got.clone(), name.clone(), expect.clone());
         tasks.push(tokio::spawn(async move {
+            use futures::stream::{FuturesUnordered, StreamExt};
             let started = now_ns();
-            while got.load(Ordering::Relaxed) < expect.load(Ordering::Relaxed) {
-                let msgs = match client
-                    .fetch(
-                        &name,
-                        &consumer,
-                        FetchOptions {
-                            batch: 1000,
-                            max_bytes: 4 << 20,
-                            expires: std::time::Duration::from_millis(500),
-                            no_wait: false,
-                        },
-                    )
-                    .await
-                {
+            let fetch = || {
+                let (client, name, consumer) = (client.clone(), name.clone(), consumer.clone());
+                async move {
+                    client
+                        .fetch(
+                            &name,
+                            &consumer,
+                            FetchOptions {
+                                batch: 1000,
+                                max_bytes: 4 << 20,
+                                expires: std::time::Duration::from_millis(500),
+                                no_wait: false,
+                            },
+                        )
+                        .await
+                }
+            };
+            // Pull requests stay queued at the server (FETCH_DEPTH of them), as a JetStream
+            // client's `messages()` keeps its pull requests outstanding: the next batch is
+            // read while this one travels.
+            let mut inflight: FuturesUnordered<_> = (0..FETCH_DEPTH).map(|_| fetch()).collect();
+            while let Some(r) = inflight.next().await {
+                let msgs = match r {
                     Ok(m) => m,
                     Err(_) => {
                         stats.error();
@@ -125,6 +138,9 @@ pub async fn consume(
                     record_received(&stats, &m.data, started, e2e);
                 }
                 got.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                if got.load(Ordering::Relaxed) < expect.load(Ordering::Relaxed) {
+                    inflight.push(fetch());
+                }
             }
             let _ = client.delete_consumer(&name, &consumer).await;
         }));
