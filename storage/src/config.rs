@@ -49,6 +49,9 @@ pub struct LogConfig {
     /// A single batch larger than this is still accepted, alone.
     pub write_buffer_bytes_max: usize,
     pub fsync: FsyncPolicy,
+    /// Bytes of the most recently appended batches kept in memory for tailing readers (0:
+    /// none); reads of older data go to the disk.
+    pub tail_cache_bytes: usize,
 }
 
 impl Default for LogConfig {
@@ -62,6 +65,7 @@ impl Default for LogConfig {
             index_interval_bytes: 4096,
             write_buffer_bytes_max: 4 << 20,
             fsync: FsyncPolicy::Always,
+            tail_cache_bytes: 4 << 20,
         }
     }
 }

@@ -24,6 +24,7 @@ pub mod log;
 
 pub mod notify;
 pub mod sim;
+pub mod tail_cache;
 
 pub use config::{FsyncPolicy, LogConfig};
 pub use dma::{run_local, wall_clock_ms, DmaDisk};

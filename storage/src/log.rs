@@ -29,6 +29,8 @@ use crate::disk::{align_down, align_up, Disk, DiskFile, IoBuf};
 use crate::error::LogError;
 use crate::index::{IndexSummary, SegmentIndex};
 use crate::notify::Notify;
+use crate::tail_cache::TailCache;
+use bytes::Bytes;
 
 /// Where an appended batch landed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +58,8 @@ pub struct Log<D: Disk> {
     /// waking all of them on every write and fdatasync completion cost more than the I/O.
     ack_waiters: RefCell<BTreeMap<(i64, u64), std::task::Waker>>,
     next_waiter: Cell<u64>,
+    /// The newest batches, for tailing readers (see [`TailCache`]).
+    cache: RefCell<TailCache>,
 }
 
 /// Waits in [`Log::ack_waiters`] until woken (then the caller re-checks the log's state).
@@ -397,6 +401,7 @@ impl<D: Disk> Log<D> {
             changed: Notify::default(),
             ack_waiters: RefCell::new(BTreeMap::new()),
             next_waiter: Cell::new(0),
+            cache: RefCell::new(TailCache::new(config.tail_cache_bytes)),
         })
     }
 
@@ -416,6 +421,7 @@ impl<D: Disk> Log<D> {
             "segment.bytes must fit u32"
         );
         self.config.set(config);
+        self.cache.borrow_mut().set_budget(config.tail_cache_bytes);
         self.wake_ack_waiters();
     }
 
@@ -622,6 +628,9 @@ impl<D: Disk> Log<D> {
     pub async fn read(&self, from: Offset, max_bytes: usize) -> Result<Vec<u8>, LogError> {
         let mut from = from.0;
         let acked = self.readable_from(from)?;
+        if let Some(parts) = self.cache.borrow().read(from, acked, max_bytes) {
+            return Ok(parts.concat());
+        }
         let mut out = Vec::new();
         while from < acked {
             let Some(plan) = self.plan_read(from) else {
@@ -651,6 +660,18 @@ impl<D: Disk> Log<D> {
             from = seg_next.max(from + 1);
         }
         Ok(out)
+    }
+
+    /// [`Log::read`] answered from the in-memory tail only: the acknowledged batches from the
+    /// one holding `from` (shared, not copied), or `None` when `from` is older than what is
+    /// cached and the disk must be read.
+    pub fn read_cached(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<Bytes>>, LogError> {
+        let acked = self.readable_from(from.0)?;
+        Ok(self.cache.borrow().read(from.0, acked, max_bytes))
     }
 
     /// Like [`Log::read`], but answers with the file region to send rather than the bytes, for
@@ -962,8 +983,9 @@ impl<D: Disk> Log<D> {
         let copy = &mut st.tail.buf.bytes_mut()[fill..fill + len];
         copy.copy_from_slice(batch);
         batch::set_base_offset(copy, Offset(base));
-        st.tail.fill += len;
         let last = base + header.last_offset_delta as i64;
+        self.cache.borrow_mut().push(base, last, copy);
+        st.tail.fill += len;
         st.next_offset = last + 1;
         let interval = self.config.get().index_interval_bytes;
         let active = st.active_mut();
@@ -1166,6 +1188,8 @@ impl<D: Disk> Log<D> {
             if target >= st.next_offset {
                 return Ok(Offset(st.next_offset));
             }
+            // Offsets from `target` on will be assigned again.
+            self.cache.borrow_mut().clear();
             let doomed: Vec<i64> = st.segments.range(target..).map(|(&b, _)| b).collect();
             let keep = st.segments.range(..target).next_back().map(|(&b, s)| {
                 (

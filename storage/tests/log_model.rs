@@ -57,6 +57,8 @@ fn config(fsync: FsyncPolicy) -> LogConfig {
         index_interval_bytes: 1024,
         write_buffer_bytes_max: 16 * 1024,
         fsync,
+        // Smaller than the log: reads are answered from memory and from the disk.
+        tail_cache_bytes: 8 * 1024,
     }
 }
 
@@ -139,6 +141,15 @@ async fn run(ops: Vec<Op>, fsync: FsyncPolicy) {
                     want.starts_with(&got),
                     "read at {from} diverges from the model"
                 );
+                // The in-memory tail, when it holds `from`, answers the same bytes.
+                if let Some(parts) = log.read_cached(Offset(from), max_bytes).unwrap() {
+                    let cached = parts.concat();
+                    assert!(!cached.is_empty(), "cached read at {from} returned nothing");
+                    assert!(
+                        want.starts_with(&cached),
+                        "cached read at {from} diverges from the model"
+                    );
+                }
                 // The zero-copy region starts at the same batch, holds at least all of it, and
                 // agrees with the model byte for byte (it may end inside a later batch).
                 let region = log

@@ -232,6 +232,7 @@ pub fn resolve_topic_config(
             index_interval_bytes: get("index.interval.bytes").clamp(0, u32::MAX as i64) as u32,
             write_buffer_bytes_max: 4 << 20,
             fsync,
+            tail_cache_bytes: LogConfig::default().tail_cache_bytes,
         },
         log_append_time: ts_type == Some("LogAppendTime"),
     }

@@ -625,7 +625,18 @@ async fn read_partitions(s: Rc<Shard>, parts: Vec<FetchPart>) -> Vec<(usize, Fet
             records: Records::Bytes(Bytes::new()),
         };
         let max = max_bytes.max(1) as usize;
-        let read = if s.shared.config.fetch_zero_copy {
+        // Tailing readers are answered from the log's in-memory tail; older data from disk.
+        let cached = match p.log.read_cached(Offset(offset), max) {
+            Ok(Some(parts)) => Some(Ok(Records::Bytes(match parts.len() {
+                1 => parts.into_iter().next().expect("one part"),
+                _ => Bytes::from(parts.concat()),
+            }))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        };
+        let read = if let Some(r) = cached {
+            r
+        } else if s.shared.config.fetch_zero_copy {
             match p.log.read_region(Offset(offset), max).await {
                 Ok(Some(region)) => match p.region_fd(&region) {
                     Ok(fd) => Ok(Records::File(FileChunk {
