@@ -10,7 +10,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::bindings as rdsys;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::producer::{Producer, ThreadedProducer};
@@ -261,6 +261,9 @@ fn enqueue(
     }
 }
 
+/// Consumers: one thread each polling librdkafka's consumer queue (a plain
+/// `rd_kafka_consumer_poll` per message, no future per message), reading until `expect`
+/// messages arrived in total.
 pub async fn consume(
     addr: &str,
     w: &Workload,
@@ -270,12 +273,13 @@ pub async fn consume(
 ) -> Result<(), String> {
     let got = Arc::new(AtomicU64::new(0));
     let n = w.consumers.max(1);
-    let mut tasks = Vec::new();
+    let mut threads = Vec::new();
     for k in 0..n {
-        let c: StreamConsumer = ClientConfig::new()
+        let c: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", addr)
             .set("group.id", format!("bench-{}", now_ns()))
             .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "false")
             .set("fetch.wait.max.ms", "100")
             .set("queued.min.messages", "100000")
             .create()
@@ -288,19 +292,21 @@ pub async fn consume(
         }
         c.assign(&tpl).map_err(|e| e.to_string())?;
         let (stats, got, expect) = (stats.clone(), got.clone(), expect.clone());
-        tasks.push(tokio::spawn(async move {
+        threads.push(tokio::task::spawn_blocking(move || {
             let started = now_ns();
             while got.load(Ordering::Relaxed) < expect.load(Ordering::Relaxed) {
-                let Ok(Ok(m)) = tokio::time::timeout(Duration::from_millis(500), c.recv()).await
-                else {
-                    continue;
-                };
-                record_received(&stats, m.payload().unwrap_or_default(), started, e2e);
-                got.fetch_add(1, Ordering::Relaxed);
+                match c.poll(Duration::from_millis(100)) {
+                    Some(Ok(m)) => {
+                        record_received(&stats, m.payload().unwrap_or_default(), started, e2e);
+                        got.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Some(Err(_)) => stats.error(),
+                    None => {}
+                }
             }
         }));
     }
-    for t in tasks {
+    for t in threads {
         t.await.map_err(|e| e.to_string())?;
     }
     Ok(())
