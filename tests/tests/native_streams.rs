@@ -807,3 +807,29 @@ fn ephemeral_consumers_go_when_idle() {
         assert_eq!(e.status(), Some(404));
     });
 }
+
+/// One connection outlives 2^15 requests: the broker once kept a waker per request of a
+/// connection (its stop signal, raced against every read) and its shard panicked when
+/// glommio's task reference count overflowed at 32,767.
+#[test]
+fn a_connection_serves_more_than_32767_requests() {
+    let dir = TestDir::new("native-long-conn");
+    let broker = Broker::start(&dir.0, &[]);
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        for i in 0..40_000u32 {
+            tokio::time::timeout(Duration::from_secs(10), c.ping())
+                .await
+                .unwrap_or_else(|_| panic!("ping {i} unanswered"))
+                .unwrap_or_else(|e| panic!("ping {i} failed: {e}"));
+        }
+        c.add_stream(stream("LONG", &["long.*"], Retention::Limits))
+            .await
+            .unwrap();
+        let ack = c
+            .publish_ack("long.a", b"still here", PublishOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(ack.seq, 1);
+    });
+}

@@ -24,6 +24,15 @@ pub const RETENTION_CHECK_MS: u64 = 60_000;
 /// accepting Kafka connections on the same port (SO_REUSEPORT). Prints one line when every
 /// shard is serving. On a signal: stop accepting, finish in-flight requests, sync every log.
 pub fn serve(config: BrokerConfig) -> Result<(), String> {
+    // A panic is a bug; a shard that died of one would leave its partitions unanswered behind
+    // open sockets (clients hang). Stop the whole process instead, loudly: what was
+    // acknowledged is on disk, and a supervisor restarts the broker.
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        report(info);
+        eprintln!("sluice: aborting after a panic (a bug: please report it)");
+        std::process::abort();
+    }));
     let mut config = config;
     config.shards = config.shards.max(1);
     let shards = config.shards;
