@@ -523,7 +523,13 @@ impl<D: Disk> Log<D> {
                         None
                     } else if self.needs_roll(&st, now_ms, batch.len(), header.last_offset_delta) {
                         // A roll needs the log to itself; appends that would land in the old
-                        // segment's tail are held back meanwhile.
+                        // segment's tail are held back meanwhile. The roller keeps its place
+                        // in line (a ticket, served next), so those that arrive during the
+                        // roll cannot overtake it.
+                        if ticket.is_none() {
+                            ticket = Some(st.space_tickets_issued);
+                            st.space_tickets_issued += 1;
+                        }
                         st.claim(Claim::Exclusive)
                     } else if let Some(info) = self.try_buffer(&mut st, now_ms, batch, &header) {
                         return Ok::<AppendInfo, LogError>(info);
