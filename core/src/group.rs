@@ -458,10 +458,11 @@ impl GroupCoordinator {
         if generation_id != g.generation {
             return codes::ILLEGAL_GENERATION;
         }
+        // As Kafka: a member of the current generation may commit while the group prepares a
+        // rebalance (it commits what it consumed before giving partitions up — librdkafka does
+        // so on revoke and on close); only between the join and the sync is it refused.
         match g.state {
-            GroupState::PreparingRebalance | GroupState::CompletingRebalance => {
-                codes::REBALANCE_IN_PROGRESS
-            }
+            GroupState::CompletingRebalance => codes::REBALANCE_IN_PROGRESS,
             _ => codes::NONE,
         }
     }
@@ -931,6 +932,11 @@ mod tests {
             c.heartbeat(13_200, "g", &a, 1),
             codes::REBALANCE_IN_PROGRESS
         );
+        // Members still commit what they consumed before the rebalance (as Kafka allows);
+        // the dead member and stale generations may not.
+        assert_eq!(c.validate_commit("g", &a, 1), codes::NONE);
+        assert_eq!(c.validate_commit("g", &a, 0), codes::ILLEGAL_GENERATION);
+        assert_eq!(c.validate_commit("g", &d, 1), codes::UNKNOWN_MEMBER_ID);
         let Reply::Parked(ta) = c.join(13_300, join_req(&a, None)) else {
             panic!()
         };
@@ -942,6 +948,10 @@ mod tests {
             panic!("rebalance completes when all rejoined")
         };
         assert_eq!(ja.generation_id, 2);
+        // Joined but not synced: the new generation's assignment is not known yet.
+        assert_eq!(c.state("g"), Some(GroupState::CompletingRebalance));
+        assert_eq!(c.validate_commit("g", &a, 2), codes::REBALANCE_IN_PROGRESS);
+        assert_eq!(c.validate_commit("g", &a, 1), codes::ILLEGAL_GENERATION);
         assert_eq!(ja.members.len(), 2);
         assert!(done.contains_key(&tb));
         assert_eq!(c.heartbeat(13_500, "g", &d, 2), codes::UNKNOWN_MEMBER_ID);

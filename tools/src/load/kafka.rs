@@ -16,7 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::{now_ns, record_received, should_stop, Pacer, Stats, Workload};
+use super::{now_ns, record_received, should_stop, Pacer, Stats, Workload, CONSUME_STALL};
 
 pub async fn prepare(addr: &str, w: &Workload) -> Result<(), String> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -294,14 +294,22 @@ pub async fn consume(
         let (stats, got, expect) = (stats.clone(), got.clone(), expect.clone());
         threads.push(tokio::task::spawn_blocking(move || {
             let started = now_ns();
+            let mut progress = Instant::now();
             while got.load(Ordering::Relaxed) < expect.load(Ordering::Relaxed) {
                 match c.poll(Duration::from_millis(100)) {
                     Some(Ok(m)) => {
                         record_received(&stats, m.payload().unwrap_or_default(), started, e2e);
                         got.fetch_add(1, Ordering::Relaxed);
+                        progress = Instant::now();
                     }
                     Some(Err(_)) => stats.error(),
                     None => {}
+                }
+                // librdkafka retries a dead broker forever: give up rather than hang the run.
+                if progress.elapsed() > CONSUME_STALL {
+                    eprintln!("kafka consumer: nothing received for {CONSUME_STALL:?}, giving up");
+                    stats.error();
+                    break;
                 }
             }
         }));

@@ -564,6 +564,11 @@ pub fn record_received(stats: &Stats, data: &[u8], started_ns: u64, e2e: bool) {
     stats.record(data.len(), lat);
 }
 
+/// A consumer that receives nothing for this long stops with an error: the broker is gone or
+/// stuck, and a client that retries forever must not hang the run.
+#[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(dead_code))]
+pub const CONSUME_STALL: Duration = Duration::from_secs(60);
+
 /// Whether a producer should stop: count reached or duration over.
 pub fn should_stop(w: &Workload, started: Instant, sent_total: &AtomicU64) -> bool {
     if let Some(d) = w.duration {

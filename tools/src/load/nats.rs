@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::stream::StreamExt;
 
-use super::{now_ns, produce_with, record_received, Stats, Workload};
+use super::{now_ns, produce_with, record_received, Stats, Workload, CONSUME_STALL};
 
 fn stream_name(w: &Workload) -> String {
     w.topic.to_uppercase().replace(['.', '*', '>'], "_")
@@ -92,7 +92,13 @@ pub async fn consume(
                 stats.error();
                 return;
             };
+            let mut progress = std::time::Instant::now();
             while got.load(Ordering::Relaxed) < expect.load(Ordering::Relaxed) {
+                if progress.elapsed() > CONSUME_STALL {
+                    eprintln!("nats consumer: nothing received for {CONSUME_STALL:?}, giving up");
+                    stats.error();
+                    break;
+                }
                 let next =
                     tokio::time::timeout(std::time::Duration::from_millis(500), msgs.next()).await;
                 let Ok(Some(Ok(m))) = next else {
@@ -100,6 +106,7 @@ pub async fn consume(
                 };
                 record_received(&stats, &m.payload, started, e2e);
                 got.fetch_add(1, Ordering::Relaxed);
+                progress = std::time::Instant::now();
             }
         }));
     }
