@@ -668,16 +668,16 @@ impl<D: Disk> Log<D> {
         Ok(out)
     }
 
-    /// [`Log::read`] answered from the in-memory tail only: the acknowledged batches from the
-    /// one holding `from` (shared, not copied), or `None` when `from` is older than what is
-    /// cached and the disk must be read.
-    pub fn read_cached(
-        &self,
-        from: Offset,
-        max_bytes: usize,
-    ) -> Result<Option<Vec<Bytes>>, LogError> {
+    /// [`Log::read`] answered from the in-memory tail only (a single cached batch is shared,
+    /// not copied), or `None` when `from` is older than what is cached and the disk must be
+    /// read.
+    pub fn read_cached(&self, from: Offset, max_bytes: usize) -> Result<Option<Bytes>, LogError> {
         let acked = self.readable_from(from.0)?;
-        Ok(self.cache.borrow().read(from.0, acked, max_bytes))
+        let parts = self.cache.borrow().read(from.0, acked, max_bytes);
+        Ok(parts.map(|mut p| match p.len() {
+            1 => p.pop().expect("one part"),
+            _ => Bytes::from(p.concat()),
+        }))
     }
 
     /// Like [`Log::read`], but answers with the file region to send rather than the bytes, for

@@ -142,8 +142,7 @@ async fn run(ops: Vec<Op>, fsync: FsyncPolicy) {
                     "read at {from} diverges from the model"
                 );
                 // The in-memory tail, when it holds `from`, answers the same bytes.
-                if let Some(parts) = log.read_cached(Offset(from), max_bytes).unwrap() {
-                    let cached = parts.concat();
+                if let Some(cached) = log.read_cached(Offset(from), max_bytes).unwrap() {
                     assert!(!cached.is_empty(), "cached read at {from} returned nothing");
                     assert!(
                         want.starts_with(&cached),

@@ -244,7 +244,7 @@ fn allowed_cpu_set() -> Option<glommio::CpuSet> {
 }
 
 /// CPUs of the process's affinity mask (`sched_getaffinity`).
-pub fn allowed_cpus() -> Option<Vec<usize>> {
+fn allowed_cpus() -> Option<Vec<usize>> {
     // SAFETY: cpu_set_t is plain data; sched_getaffinity fills at most its size.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();

@@ -627,10 +627,7 @@ async fn read_partitions(s: Rc<Shard>, parts: Vec<FetchPart>) -> Vec<(usize, Fet
         let max = max_bytes.max(1) as usize;
         // Tailing readers are answered from the log's in-memory tail; older data from disk.
         let cached = match p.log.read_cached(Offset(offset), max) {
-            Ok(Some(parts)) => Some(Ok(Records::Bytes(match parts.len() {
-                1 => parts.into_iter().next().expect("one part"),
-                _ => Bytes::from(parts.concat()),
-            }))),
+            Ok(Some(bytes)) => Some(Ok(Records::Bytes(bytes))),
             Ok(None) => None,
             Err(e) => Some(Err(e)),
         };

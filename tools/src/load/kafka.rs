@@ -147,10 +147,6 @@ fn produce_thread(
     started: Instant,
     p: u64,
 ) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .expect("runtime");
     let topic_name = std::ffi::CString::new(w.topic.as_str()).expect("topic without NUL");
     // SAFETY: the client outlives the topic handle (dropped at the end of this function).
     let rkt = RawTopic(unsafe {
@@ -177,7 +173,7 @@ fn produce_thread(
         // How many messages go now: paced runs take those already due (at least one).
         let mut take = PRODUCE_BATCH;
         if w.rate > 0.0 {
-            rt.block_on(pacer.wait(i));
+            pacer.wait_blocking(i);
             take = (1..PRODUCE_BATCH)
                 .take_while(|k| pacer.due(i + *k as u64))
                 .count()

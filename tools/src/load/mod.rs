@@ -442,40 +442,41 @@ impl Pacer {
         }
     }
 
+    /// When message `i` is due (`None`: unpaced, always now).
+    fn slot(&self, i: u64) -> Option<Instant> {
+        self.interval_ns
+            .map(|iv| self.start + Duration::from_nanos((iv * i as f64) as u64))
+    }
+
     /// Whether message `i`'s slot has come (always, unpaced).
     #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     pub fn due(&self, i: u64) -> bool {
-        match self.interval_ns {
-            None => true,
-            Some(iv) => self.start + Duration::from_nanos((iv * i as f64) as u64) <= Instant::now(),
-        }
+        self.slot(i).is_none_or(|due| due <= Instant::now())
     }
 
     /// Message `i`'s intended send time (ns, process clock): its slot, or now when unpaced.
-    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     pub fn intended_ns(&self, i: u64) -> u64 {
-        match self.interval_ns {
-            None => now_ns(),
-            Some(iv) => {
-                let due = self.start + Duration::from_nanos((iv * i as f64) as u64);
-                now_ns() - Instant::now().saturating_duration_since(due).as_nanos() as u64
-            }
-        }
+        let late = self.slot(i).map_or(0, |due| {
+            Instant::now().saturating_duration_since(due).as_nanos()
+        });
+        now_ns() - late as u64
     }
 
     /// Waits for message `i`'s slot; returns its intended send time (ns, process clock).
     pub async fn wait(&self, i: u64) -> u64 {
-        match self.interval_ns {
-            None => now_ns(),
-            Some(iv) => {
-                let due = self.start + Duration::from_nanos((iv * i as f64) as u64);
-                let now = Instant::now();
-                if due > now {
-                    tokio::time::sleep_until(due.into()).await;
-                }
-                now_ns() - (Instant::now().saturating_duration_since(due)).as_nanos() as u64
-            }
+        if let Some(due) = self.slot(i).filter(|due| *due > Instant::now()) {
+            tokio::time::sleep_until(due.into()).await;
         }
+        self.intended_ns(i)
+    }
+
+    /// [`Pacer::wait`] for a plain thread (the librdkafka producers).
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
+    pub fn wait_blocking(&self, i: u64) -> u64 {
+        if let Some(due) = self.slot(i) {
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        }
+        self.intended_ns(i)
     }
 }
 
