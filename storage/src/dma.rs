@@ -30,6 +30,13 @@ impl IoBuf for DmaBuffer {
     }
 }
 
+/// glommio opens, renames and removes relative to descriptor -1 rather than the working
+/// directory, so a relative path fails with EBADF: every path handed to it is made absolute
+/// first (`sluice serve` with the default `./sluice-data` did not start).
+fn absolute(path: &Path) -> io::Result<std::path::PathBuf> {
+    std::path::absolute(path)
+}
+
 fn glommio_io(e: glommio::GlommioError<()>) -> io::Error {
     io::Error::from(e)
 }
@@ -56,18 +63,20 @@ impl Disk for DmaDisk {
             .read(true)
             .write(true)
             .create(true)
-            .dma_open(path)
+            .dma_open(absolute(path)?)
             .await
             .map_err(glommio_io)?;
         Ok(DmaSegmentFile { file })
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
-        glommio::io::remove(path).await.map_err(glommio_io)
+        glommio::io::remove(absolute(path)?)
+            .await
+            .map_err(glommio_io)
     }
 
     async fn read_small(&self, path: &Path) -> io::Result<Option<Vec<u8>>> {
-        let file = match BufferedFile::open(path).await {
+        let file = match BufferedFile::open(absolute(path)?).await {
             Ok(f) => f,
             Err(e) => {
                 let e = glommio_io(e);
@@ -86,6 +95,7 @@ impl Disk for DmaDisk {
     }
 
     async fn write_small_atomic(&self, path: &Path, bytes: Vec<u8>) -> io::Result<()> {
+        let path = absolute(path)?;
         let tmp = std::path::PathBuf::from(format!("{}.tmp", path.display()));
         let file = BufferedFile::create(&tmp).await.map_err(glommio_io)?;
         let len = bytes.len();
@@ -95,12 +105,12 @@ impl Disk for DmaDisk {
         }
         file.fdatasync().await.map_err(glommio_io)?;
         file.close().await.map_err(glommio_io)?;
-        glommio::io::rename(&tmp, path).await.map_err(glommio_io)?;
+        glommio::io::rename(&tmp, &path).await.map_err(glommio_io)?;
         self.sync_dir(path.parent().unwrap_or(Path::new("."))).await
     }
 
     async fn sync_dir(&self, dir: &Path) -> io::Result<()> {
-        let d = Directory::open(dir).await.map_err(glommio_io)?;
+        let d = Directory::open(absolute(dir)?).await.map_err(glommio_io)?;
         d.sync().await.map_err(glommio_io)?;
         d.close().await.map_err(glommio_io)
     }
@@ -174,7 +184,7 @@ pub async fn prime_iopoll_probe(dir: &Path) -> io::Result<()> {
         // SAFETY: advisory call on an open fd.
         unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
     }
-    let opened = DmaFile::open(&probe).await.map_err(glommio_io);
+    let opened = DmaFile::open(absolute(&probe)?).await.map_err(glommio_io);
     let _ = std::fs::remove_file(&probe);
     opened?.close().await.map_err(glommio_io)
 }

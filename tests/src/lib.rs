@@ -62,16 +62,28 @@ pub struct Broker {
     pub native: String,
     child: Option<std::process::Child>,
     extra: Vec<String>,
+    /// Working directory of the broker process (`dir` may then be relative to it).
+    cwd: Option<PathBuf>,
 }
 
 impl Broker {
     pub fn start(dir: &std::path::Path, extra: &[&str]) -> Broker {
+        Broker::start_in(None, dir, extra)
+    }
+
+    /// Starts the broker with `cwd` as its working directory, where `dir` may be relative.
+    pub fn start_in(
+        cwd: Option<&std::path::Path>,
+        dir: &std::path::Path,
+        extra: &[&str],
+    ) -> Broker {
         let mut b = Broker {
             dir: dir.to_path_buf(),
             kafka: format!("127.0.0.1:{}", free_port()),
             native: format!("127.0.0.1:{}", free_port()),
             child: None,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            cwd: cwd.map(|c| c.to_path_buf()),
         };
         b.spawn();
         b
@@ -79,7 +91,11 @@ impl Broker {
 
     fn spawn(&mut self) {
         use std::io::BufRead;
-        let mut child = std::process::Command::new(sluice_bin())
+        let mut cmd = std::process::Command::new(sluice_bin());
+        if let Some(cwd) = &self.cwd {
+            cmd.current_dir(cwd);
+        }
+        let mut child = cmd
             .args(["serve", "--data-dir"])
             .arg(&self.dir)
             .args([

@@ -833,3 +833,34 @@ fn a_connection_serves_more_than_32767_requests() {
         assert_eq!(ack.seq, 1);
     });
 }
+
+/// The README's broker command uses a relative data directory (`./sluice-data`): the broker
+/// starts there, stores, and finds its messages again after a restart. (glommio resolved
+/// relative paths against descriptor -1; the broker did not start.)
+#[test]
+fn runs_on_a_relative_data_dir() {
+    let dir = TestDir::new("native-relative-dir");
+    let mut broker = Broker::start_in(Some(&dir.0), std::path::Path::new("sluice-data"), &[]);
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        c.add_stream(stream("REL", &["rel.*"], Retention::Limits))
+            .await
+            .unwrap();
+        let ack = c
+            .publish_ack("rel.a", b"kept", PublishOptions::default())
+            .await
+            .unwrap();
+        assert_eq!(ack.seq, 1);
+    });
+    assert_eq!(broker.stop(), Some(0));
+    assert!(
+        dir.0.join("sluice-data/streams").is_dir(),
+        "data under the working directory"
+    );
+    broker.restart();
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        let m = c.get_msg("REL", 1).await.unwrap();
+        assert_eq!(m.data, b"kept");
+    });
+}
