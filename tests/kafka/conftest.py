@@ -99,7 +99,8 @@ def workdir():
     base = os.environ.get("SLUICE_TEST_DIR")
     d = Path(tempfile.mkdtemp(prefix="sluice-kafka-", dir=base))
     yield d
-    shutil.rmtree(d, ignore_errors=True)
+    if not os.environ.get("SLUICE_KEEP"):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture
