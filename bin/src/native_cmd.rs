@@ -665,7 +665,7 @@ async fn reply(c: &Client, a: ReplyArgs) -> Result<(), String> {
             continue;
         }
         let body = if a.echo {
-            m.data.clone()
+            m.data.to_vec()
         } else {
             a.data.clone().into_bytes()
         };

@@ -16,6 +16,7 @@
 //! it chose. Everything here is pure; every decoder checks every length (fuzzed).
 
 use serde::{Deserialize as SerdeDeserialize, Serialize as SerdeSerialize};
+use std::sync::Arc;
 
 /// Protocol versions this code speaks.
 pub const VERSION_MIN: u16 = 1;
@@ -257,16 +258,63 @@ impl<'a> Sub<'a> {
     }
 }
 
-/// Where a delivered stream message came from, and how to acknowledge it.
+/// Where a delivered stream message came from, and how to acknowledge it. The names are shared
+/// (`Arc<str>`): every message of a fetch carries the same two.
 #[derive(Debug, Clone, PartialEq, Eq, SerdeSerialize)]
 pub struct MsgMeta {
-    pub stream: String,
-    pub consumer: String,
+    pub stream: Arc<str>,
+    pub consumer: Arc<str>,
     pub stream_seq: u64,
     pub consumer_seq: u64,
     pub deliveries: u32,
     pub pending: u64,
     pub timestamp_ms: i64,
+}
+
+impl MsgMeta {
+    pub fn as_ref(&self) -> MetaRef<'_> {
+        MetaRef {
+            stream: &self.stream,
+            consumer: &self.consumer,
+            stream_seq: self.stream_seq,
+            consumer_seq: self.consumer_seq,
+            deliveries: self.deliveries,
+            pending: self.pending,
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
+}
+
+/// A [`MsgMeta`] read in place from a MSG body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetaRef<'a> {
+    pub stream: &'a str,
+    pub consumer: &'a str,
+    pub stream_seq: u64,
+    pub consumer_seq: u64,
+    pub deliveries: u32,
+    pub pending: u64,
+    pub timestamp_ms: i64,
+}
+
+impl MetaRef<'_> {
+    /// The owned meta; names equal to `known` (the stream and consumer a fetch asked) share
+    /// those instead of allocating.
+    pub fn to_owned(&self, known: Option<&(Arc<str>, Arc<str>)>) -> MsgMeta {
+        let share = |name: &str, k: Option<&Arc<str>>| match k {
+            Some(k) if **k == *name => k.clone(),
+            _ => Arc::from(name),
+        };
+        MsgMeta {
+            stream: share(self.stream, known.map(|k| &k.0)),
+            consumer: share(self.consumer, known.map(|k| &k.1)),
+            stream_seq: self.stream_seq,
+            consumer_seq: self.consumer_seq,
+            deliveries: self.deliveries,
+            pending: self.pending,
+            timestamp_ms: self.timestamp_ms,
+        }
+    }
 }
 
 /// MSG body: `sid, subject, reply, meta?, batch`. `sid` is the subscription id (core and push
@@ -276,11 +324,12 @@ pub struct Msg<'a> {
     pub sid: u32,
     pub subject: &'a str,
     pub reply: &'a str,
-    pub meta: Option<MsgMeta>,
+    pub meta: Option<MetaRef<'a>>,
     pub batch: &'a [u8],
 }
 
 impl<'a> Msg<'a> {
+    /// Reads a MSG body in place (no allocation).
     pub fn decode(body: &'a [u8]) -> Result<Msg<'a>, FrameError> {
         let mut r = Reader::new(body);
         let sid = r.u32()?;
@@ -288,9 +337,9 @@ impl<'a> Msg<'a> {
         let reply = r.str16()?;
         let meta = match r.u8()? {
             0 => None,
-            1 => Some(MsgMeta {
-                stream: r.str16()?.to_string(),
-                consumer: r.str16()?.to_string(),
+            1 => Some(MetaRef {
+                stream: r.str16()?,
+                consumer: r.str16()?,
                 stream_seq: r.u64()?,
                 consumer_seq: r.u64()?,
                 deliveries: r.u32()?,
@@ -307,6 +356,7 @@ impl<'a> Msg<'a> {
             batch: r.rest(),
         })
     }
+
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.sid.to_be_bytes());
         put_str16(out, self.subject);
@@ -315,8 +365,8 @@ impl<'a> Msg<'a> {
             None => out.push(0),
             Some(m) => {
                 out.push(1);
-                put_str16(out, &m.stream);
-                put_str16(out, &m.consumer);
+                put_str16(out, m.stream);
+                put_str16(out, m.consumer);
                 out.extend_from_slice(&m.stream_seq.to_be_bytes());
                 out.extend_from_slice(&m.consumer_seq.to_be_bytes());
                 out.extend_from_slice(&m.deliveries.to_be_bytes());
@@ -325,6 +375,21 @@ impl<'a> Msg<'a> {
             }
         }
         out.extend_from_slice(self.batch);
+    }
+
+    /// Appends this message as a whole MSG frame (header included) to `out`.
+    pub fn encode_frame(&self, out: &mut Vec<u8>, corr: u32) {
+        let at = begin_frame(
+            out,
+            Header {
+                op: op::MSG,
+                flags: 0,
+                status: 0,
+                corr,
+            },
+        );
+        self.encode(out);
+        finish_frame(out, at);
     }
 }
 
@@ -806,9 +871,9 @@ mod tests {
             sid: 3,
             subject: "a.b",
             reply: "_INBOX.1",
-            meta: Some(MsgMeta {
-                stream: "S".into(),
-                consumer: "C".into(),
+            meta: Some(MetaRef {
+                stream: "S",
+                consumer: "C",
                 stream_seq: 10,
                 consumer_seq: 4,
                 deliveries: 2,
@@ -820,6 +885,15 @@ mod tests {
         let mut out = Vec::new();
         m.encode(&mut out);
         assert_eq!(Msg::decode(&out).unwrap(), m);
+        // Owned, sharing the names a fetch already holds.
+        let known: (Arc<str>, Arc<str>) = ("S".into(), "other".into());
+        let owned = m.meta.unwrap().to_owned(Some(&known));
+        assert!(Arc::ptr_eq(&owned.stream, &known.0));
+        assert_eq!((&*owned.consumer, owned.as_ref()), ("C", m.meta.unwrap()));
+        let mut framed = Vec::new();
+        m.encode_frame(&mut framed, 7);
+        let (h, body) = split_frame(&framed, FRAME_BYTES_MAX).unwrap().unwrap();
+        assert_eq!((h.op, h.corr, &framed[body]), (op::MSG, 7, &out[..]));
         for cut in 0..out.len() - 5 {
             assert!(Msg::decode(&out[..cut]).is_err(), "cut at {cut}");
         }

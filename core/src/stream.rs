@@ -9,6 +9,7 @@
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::sync::Arc;
 
 use crate::native::{Discard, PurgeRequest, Retention, StreamConfig, StreamState};
 use crate::subject;
@@ -46,7 +47,7 @@ pub struct Stream {
     msgs: BTreeMap<u64, Entry>,
     bytes: u64,
     subject_ids: HashMap<Box<str>, u32>,
-    subject_names: Vec<Box<str>>,
+    subject_names: Vec<Arc<str>>,
     /// Live sequences per subject id, ascending.
     by_subject: Vec<VecDeque<u64>>,
     live_subjects: u64,
@@ -156,6 +157,13 @@ impl Stream {
         self.msgs
             .get(&seq)
             .map(|e| &*self.subject_names[e.subject as usize])
+    }
+
+    /// A stored message's subject (shared), timestamp and size, in one lookup.
+    pub fn message_info(&self, seq: u64) -> Option<(&Arc<str>, i64, u32)> {
+        self.msgs
+            .get(&seq)
+            .map(|e| (&self.subject_names[e.subject as usize], e.ts_ms, e.size))
     }
 
     /// The message's size as the limits count it (subject + headers + payload).
@@ -310,7 +318,7 @@ impl Stream {
             return false;
         };
         self.removal_log
-            .push((seq, self.subject_names[e.subject as usize].clone()));
+            .push((seq, Box::from(&*self.subject_names[e.subject as usize])));
         match self.msgs.keys().next() {
             Some(&first) if first < seq => {
                 self.interior_deleted.insert(seq);
@@ -434,8 +442,14 @@ impl Stream {
         if from > visible {
             return None;
         }
+        // Open ranges: `from..=visible` would descend the tree twice, once per bound.
         if filters.is_empty() {
-            return self.msgs.range(from..=visible).next().map(|(s, _)| *s);
+            return self
+                .msgs
+                .range(from..)
+                .next()
+                .map(|(s, _)| *s)
+                .filter(|s| *s <= visible);
         }
         let indexed = if filters.iter().all(|f| subject::is_literal(f)) {
             Some(self.matching_subject_ids(filters))
@@ -453,7 +467,8 @@ impl Stream {
                 .min();
         }
         self.msgs
-            .range(from..=visible)
+            .range(from..)
+            .take_while(|(s, _)| **s <= visible)
             .find(|(_, e)| {
                 let name = &self.subject_names[e.subject as usize];
                 filters.iter().any(|f| subject::matches(f, name))

@@ -637,7 +637,8 @@ impl<D: Disk> Log<D> {
         if let Some(parts) = self.cache.borrow().read(from, acked, max_bytes) {
             return Ok(parts.concat());
         }
-        let mut out = Vec::new();
+        // Sized once: batches are appended without regrowing (and recopying) the buffer.
+        let mut out = Vec::with_capacity(max_bytes.min(MAX_READ_CHUNK_BYTES));
         while from < acked {
             let Some(plan) = self.plan_read(from) else {
                 break;

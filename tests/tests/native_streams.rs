@@ -440,7 +440,7 @@ fn file_streams_survive_restart_memory_streams_do_not() {
         assert_eq!((ci.num_pending, ci.delivered.stream_seq), (70, 30));
         let next = c.fetch("F", "w", batch(1, 1000)).await.unwrap();
         assert_eq!(next[0].meta.as_ref().unwrap().stream_seq, 31);
-        assert_eq!(next[0].data, b"30");
+        assert_eq!(next[0].data, &b"30"[..]);
     });
 }
 
@@ -516,7 +516,7 @@ fn pub_sub_queue_groups_and_request_reply() {
             .request("svc.echo", b"hi", Duration::from_secs(2))
             .await
             .unwrap();
-        assert_eq!(r.data, b"echo: hi");
+        assert_eq!(r.data, &b"echo: hi"[..]);
         let e = p
             .request("svc.nobody", b"hi", Duration::from_secs(2))
             .await
@@ -617,8 +617,8 @@ fn filtered_consumer_over_100k_subjects() {
         let got = fetch_n(&c, "MANY", "one", 11).await;
         assert_eq!(got.len(), 11);
         assert!(got.iter().all(|m| m.subject == "dev.4242.temp"));
-        assert_eq!(got[0].data, 4242u32.to_be_bytes());
-        assert_eq!(got[10].data, 1_000_009u32.to_be_bytes());
+        assert_eq!(got[0].data, &4242u32.to_be_bytes()[..]);
+        assert_eq!(got[10].data, &1_000_009u32.to_be_bytes()[..]);
         assert_eq!(got[10].meta.as_ref().unwrap().pending, 0);
         // A wildcard filter matching 10 subjects.
         let mut cfg = pull("ten", 30_000);

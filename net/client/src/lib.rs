@@ -122,7 +122,8 @@ pub struct Message {
     pub subject: String,
     pub reply: String,
     pub headers: Vec<(String, Vec<u8>)>,
-    pub data: Vec<u8>,
+    /// The payload: a view of the received frame, not a copy.
+    pub data: Bytes,
     /// Set for messages delivered by a stream consumer.
     pub meta: Option<MsgMeta>,
     client: Option<Client>,
@@ -239,7 +240,15 @@ impl Subscription {
     }
 }
 
-fn decode_message(client: &Client, m: &Msg<'_>) -> Result<Message, Error> {
+/// A delivered message from its MSG body `m`, read out of `frame` (whose bytes the payload
+/// keeps sharing: no copy). `known` names the stream and consumer a fetch asked for.
+fn decode_message(
+    client: &Client,
+    m: &Msg<'_>,
+    frame: &Bytes,
+    known: Option<&(Arc<str>, Arc<str>)>,
+) -> Result<Message, Error> {
+    let meta = m.meta.map(|x| x.to_owned(known));
     // The common case: one uncompressed record, read in place.
     if let Ok(Some(v)) = batch::single_record(m.batch) {
         return Ok(Message {
@@ -255,8 +264,8 @@ fn decode_message(client: &Client, m: &Msg<'_>) -> Result<Message, Error> {
                     )
                 })
                 .collect(),
-            data: v.value.unwrap_or_default().to_vec(),
-            meta: m.meta.clone(),
+            data: v.value.map_or_else(Bytes::new, |d| frame.slice_ref(d)),
+            meta,
             client: Some(client.clone()),
         });
     }
@@ -278,8 +287,8 @@ fn decode_message(client: &Client, m: &Msg<'_>) -> Result<Message, Error> {
                 )
             })
             .collect(),
-        data: r.value.unwrap_or_default(),
-        meta: m.meta.clone(),
+        data: Bytes::from(r.value.unwrap_or_default()),
+        meta,
         client: Some(client.clone()),
     })
 }
@@ -410,7 +419,7 @@ impl Client {
                 }
                 return;
             }
-            let Ok(msg) = decode_message(self, &m) else {
+            let Ok(msg) = decode_message(self, &m, &f.body, None) else {
                 return;
             };
             if Some(&m.sid) == self.inner.inbox_sid.get() {
@@ -787,6 +796,7 @@ impl Client {
         });
         self.send(op::FETCH, 0, corr, body)?;
         let mut out = Vec::new();
+        let known: (Arc<str>, Arc<str>) = (stream.into(), consumer.into());
         loop {
             let Some(f) = rx.recv().await else {
                 return Err(Error::Closed);
@@ -794,7 +804,7 @@ impl Client {
             match f.header.op {
                 op::MSG => {
                     let m = Msg::decode(&f.body).map_err(|e| Error::Protocol(e.0))?;
-                    out.push(decode_message(self, &m)?);
+                    out.push(decode_message(self, &m, &f.body, Some(&known))?);
                 }
                 op::FETCH_END => {
                     self.inner.waiters.lock().unwrap().remove(&corr);

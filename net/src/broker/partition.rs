@@ -25,6 +25,9 @@ pub struct Partition {
 }
 
 /// Segment descriptors kept open per partition for zero-copy fetch.
+/// How far past a sendfile fetch's region the kernel is asked to read ahead.
+const FETCH_READ_AHEAD_BYTES: u64 = 8 << 20;
+
 const READ_FDS_MAX: usize = 4;
 
 /// The outcome of a produce to one partition: base offset and log-append time, or a Kafka
@@ -131,7 +134,9 @@ impl Partition {
 
     /// A descriptor of `region`'s segment for sendfile: a duplicate of a cached buffered fd,
     /// so the response owns (and closes) it even if the segment is deleted meanwhile. Asks the
-    /// kernel to read the region ahead, since O_DIRECT appends leave nothing in the page cache.
+    /// kernel to read the region and the next [`FETCH_READ_AHEAD_BYTES`] in, since O_DIRECT
+    /// appends leave nothing in the page cache: a consumer catching up finds its next fetch
+    /// already read while this one is sent, instead of sendfile waiting on the disk.
     pub fn region_fd(&self, region: &FileRegion) -> std::io::Result<OwnedFd> {
         use std::os::fd::AsFd;
         let mut fds = self.read_fds.borrow_mut();
@@ -153,7 +158,7 @@ impl Partition {
             libc::posix_fadvise(
                 fd.as_raw_fd(),
                 region.pos as i64,
-                region.len as i64,
+                (region.len + FETCH_READ_AHEAD_BYTES) as i64,
                 libc::POSIX_FADV_WILLNEED,
             );
         }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::channel::mpsc;
-use sluice_core::native::{self, op, Header, MsgMeta};
+use sluice_core::native::{self, MsgMeta};
 use sluice_core::subject::Sublist;
 
 use crate::broker::shard::Shard;
@@ -119,28 +119,18 @@ pub fn msg_frame(
     sid: u32,
     subject: &str,
     reply: &str,
-    meta: Option<MsgMeta>,
+    meta: Option<&MsgMeta>,
     batch: &[u8],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + subject.len() + reply.len() + batch.len());
-    let at = native::begin_frame(
-        &mut out,
-        Header {
-            op: op::MSG,
-            flags: 0,
-            status: 0,
-            corr,
-        },
-    );
+    let mut out = Vec::with_capacity(96 + subject.len() + reply.len() + batch.len());
     native::Msg {
         sid,
         subject,
         reply,
-        meta,
+        meta: meta.map(MsgMeta::as_ref),
         batch,
     }
-    .encode(&mut out);
-    native::finish_frame(&mut out, at);
+    .encode_frame(&mut out, corr);
     out
 }
 
@@ -157,7 +147,7 @@ pub fn deliver_local(
     let mut n = 0;
     for (conn, sid) in subs {
         if let Some(c) = conns.get(conn) {
-            if c.send(msg_frame(0, *sid, subject, reply, meta.cloned(), batch)) {
+            if c.send(msg_frame(0, *sid, subject, reply, meta, batch)) {
                 n += 1;
             }
         }

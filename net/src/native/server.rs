@@ -495,18 +495,25 @@ async fn fetch(conn: &Rc<Conn>, corr: u32, req: FetchRequest) {
                 if msgs.is_empty() {
                     break;
                 }
-                for m in msgs {
+                // One buffer of MSG frames per batch taken: one queue entry and one write.
+                let mut frames = Vec::with_capacity(
+                    msgs.iter()
+                        .map(|m| m.batch.len() + m.subject.len() + 96)
+                        .sum(),
+                );
+                for m in &msgs {
                     bytes += m.batch.len() as u64;
                     sent += 1;
-                    conn.out.send(pubsub::msg_frame(
-                        corr,
-                        0,
-                        &m.subject,
-                        "",
-                        Some(m.meta),
-                        &m.batch,
-                    ));
+                    native::Msg {
+                        sid: 0,
+                        subject: &m.subject,
+                        reply: "",
+                        meta: Some(m.meta.as_ref()),
+                        batch: &m.batch,
+                    }
+                    .encode_frame(&mut frames, corr);
                 }
+                conn.out.send(frames);
                 if sent >= want || (req.max_bytes > 0 && bytes >= req.max_bytes) {
                     break;
                 }

@@ -14,6 +14,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -49,7 +50,7 @@ enum Store {
 /// A message handed to a consumer.
 #[derive(Debug, Clone)]
 pub struct Delivered {
-    pub subject: String,
+    pub subject: Arc<str>,
     pub meta: MsgMeta,
     pub batch: Bytes,
 }
@@ -710,10 +711,12 @@ impl StreamHome {
                 let Some(d) = c.next(now, &st, &mut dead) else {
                     break;
                 };
-                let subject = st.subject_of(d.stream_seq).unwrap_or_default().to_string();
-                let ts = st.timestamp_of(d.stream_seq).unwrap_or(0);
-                bytes += st.size_of(d.stream_seq).unwrap_or(0) as u64 + 96;
-                picked.push((d, subject, ts));
+                // Removed meanwhile: no body will be read, so nothing is sent.
+                let (subject, ts, size) = st
+                    .message_info(d.stream_seq)
+                    .map_or((Arc::from(""), 0, 0), |(s, t, z)| (s.clone(), t, z));
+                bytes += size as u64 + 96;
+                picked.push((d, subject, ts, size));
                 if max_bytes > 0 && bytes >= max_bytes {
                     break;
                 }
@@ -724,18 +727,23 @@ impl StreamHome {
             )
         };
         let dead_out: Vec<(u64, u32)> = dead.into_iter().map(|s| (s, deliveries_max)).collect();
-        let seqs: Vec<u64> = picked.iter().map(|(d, _, _)| d.stream_seq).collect();
-        let mut bodies = self.read_many(&seqs).await;
+        let seqs: Vec<u64> = picked.iter().map(|(d, _, _, _)| d.stream_seq).collect();
+        let sizes: Vec<(u64, u32)> = picked
+            .iter()
+            .map(|(d, _, _, size)| (d.stream_seq, *size))
+            .collect();
+        let mut bodies = self.read_many(&sizes).await;
         let mut out = Vec::with_capacity(picked.len());
-        for (d, subject, ts) in picked {
+        let (stream, consumer): (Arc<str>, Arc<str>) = (self.name.as_str().into(), consumer.into());
+        for (d, subject, ts, _) in picked {
             let Some(batch) = bodies.remove(&d.stream_seq) else {
                 continue; // removed meanwhile
             };
             out.push(Delivered {
                 subject,
                 meta: MsgMeta {
-                    stream: self.name.clone(),
-                    consumer: consumer.to_string(),
+                    stream: stream.clone(),
+                    consumer: consumer.clone(),
                     stream_seq: d.stream_seq,
                     consumer_seq: d.consumer_seq,
                     deliveries: d.deliveries,
@@ -756,12 +764,12 @@ impl StreamHome {
 
     /// The stored batches of `seqs`, read in runs of consecutive sequences (one log read per
     /// run, a few MiB at a time) rather than one read per message.
-    async fn read_many(&self, seqs: &[u64]) -> HashMap<u64, Bytes> {
+    async fn read_many(&self, seqs: &[(u64, u32)]) -> HashMap<u64, Bytes> {
         let mut out = HashMap::with_capacity(seqs.len());
         let part = match &self.store {
             Store::Memory(m) => {
                 let m = m.borrow();
-                for s in seqs {
+                for (s, _) in seqs {
                     if let Some(b) = m.get(s) {
                         out.insert(*s, b.clone());
                     }
@@ -772,22 +780,17 @@ impl StreamHome {
         };
         let mut sorted = seqs.to_vec();
         sorted.sort_unstable();
-        sorted.dedup();
+        sorted.dedup_by_key(|(s, _)| *s);
         let mut i = 0;
         while i < sorted.len() {
             // A run a..=b of consecutive sequences.
-            let a = sorted[i];
+            let a = sorted[i].0;
             let mut j = i;
-            while j + 1 < sorted.len() && sorted[j + 1] == sorted[j] + 1 {
+            while j + 1 < sorted.len() && sorted[j + 1].0 == sorted[j].0 + 1 {
                 j += 1;
             }
-            let b = sorted[j];
-            let est: u64 = {
-                let st = self.state.borrow();
-                (a..=b)
-                    .map(|s| st.size_of(s).unwrap_or(0) as u64 + 128)
-                    .sum()
-            };
+            let b = sorted[j].0;
+            let est: u64 = sorted[i..=j].iter().map(|(_, z)| *z as u64 + 128).sum();
             let mut next = a;
             while next <= b {
                 let want = est.clamp(4096, 4 << 20) as usize;

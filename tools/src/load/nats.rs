@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_nats::jetstream::{self, consumer, stream};
 use futures::stream::StreamExt;
 
-use super::{now_ns, produce_with, record_received, Stats, Workload, CONSUME_STALL};
+use super::{now_ns, produce_with, Receipts, Stats, Workload, CONSUME_STALL, RECEIPTS_BATCH};
 
 fn stream_name(w: &Workload) -> String {
     w.topic.to_uppercase().replace(['.', '*', '>'], "_")
@@ -87,7 +87,7 @@ pub async fn consume(
             .map_err(|e| format!("creating consumer: {e}"))?;
         let (stats, got, expect) = (stats.clone(), got.clone(), expect.clone());
         tasks.push(tokio::spawn(async move {
-            let started = now_ns();
+            let mut receipts = Receipts::new(now_ns(), e2e);
             let Ok(mut msgs) = c.messages().await else {
                 stats.error();
                 return;
@@ -102,12 +102,17 @@ pub async fn consume(
                 let next =
                     tokio::time::timeout(std::time::Duration::from_millis(500), msgs.next()).await;
                 let Ok(Some(Ok(m))) = next else {
+                    receipts.flush(&stats);
                     continue;
                 };
-                record_received(&stats, &m.payload, started, e2e);
+                receipts.add(&m.payload);
+                if receipts.len() >= RECEIPTS_BATCH {
+                    receipts.flush(&stats);
+                }
                 got.fetch_add(1, Ordering::Relaxed);
                 progress = std::time::Instant::now();
             }
+            receipts.flush(&stats);
         }));
     }
     for t in tasks {

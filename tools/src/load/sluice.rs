@@ -10,7 +10,7 @@ use sluice_client::{
     AckPolicy, Client, ConsumerConfig, FetchOptions, PublishOptions, Retention, StreamConfig,
 };
 
-use super::{now_ns, produce_with, record_received, Stats, Workload};
+use super::{now_ns, produce_with, Receipts, Stats, Workload};
 
 fn stream_name(w: &Workload) -> String {
     w.topic.to_uppercase().replace(['.', '*', '>'], "_")
@@ -104,7 +104,7 @@ pub async fn consume(
         let (stats, got, name, expect) = (stats.clone(), got.clone(), name.clone(), expect.clone());
         tasks.push(tokio::spawn(async move {
             use futures::stream::{FuturesUnordered, StreamExt};
-            let started = now_ns();
+            let mut receipts = Receipts::new(now_ns(), e2e);
             let fetch = || {
                 let (client, name, consumer) = (client.clone(), name.clone(), consumer.clone());
                 async move {
@@ -135,8 +135,9 @@ pub async fn consume(
                     }
                 };
                 for m in &msgs {
-                    record_received(&stats, &m.data, started, e2e);
+                    receipts.add(&m.data);
                 }
+                receipts.flush(&stats);
                 got.fetch_add(msgs.len() as u64, Ordering::Relaxed);
                 if got.load(Ordering::Relaxed) < expect.load(Ordering::Relaxed) {
                     inflight.push(fetch());
