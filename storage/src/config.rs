@@ -52,6 +52,12 @@ pub struct LogConfig {
     /// Bytes of the most recently appended batches kept in memory for tailing readers (0:
     /// none); reads of older data go to the disk.
     pub tail_cache_bytes: usize,
+    /// Zeroes written ahead of the active segment's end, at most this far (0: none). Appends
+    /// then overwrite allocated blocks inside the file, so under `fsync = always` an
+    /// fdatasync has no size or extent change to commit, and io_uring need not punt the
+    /// O_DIRECT write to a worker thread. The stretch grows with the segment (from 64 KiB),
+    /// so a quiet log preallocates little; a roll cuts the zeroes off.
+    pub preallocate_bytes: u64,
 }
 
 impl Default for LogConfig {
@@ -66,6 +72,7 @@ impl Default for LogConfig {
             write_buffer_bytes_max: 4 << 20,
             fsync: FsyncPolicy::Always,
             tail_cache_bytes: 4 << 20,
+            preallocate_bytes: 1 << 20,
         }
     }
 }

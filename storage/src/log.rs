@@ -153,6 +153,8 @@ struct State<F: DiskFile> {
     /// Byte positions in the active segment matching `written_offset` / `synced_offset`.
     written_pos: u64,
     synced_pos: u64,
+    /// The active segment file holds written blocks (data or preallocated zeroes) up to here.
+    alloc_pos: u64,
     /// A write of the tail is in flight (or a roll/truncation holds the log).
     writing: bool,
     /// An fdatasync is in flight (or a roll/truncation holds the log).
@@ -390,6 +392,7 @@ impl<D: Disk> Log<D> {
                 synced_offset: next_offset,
                 written_pos: active_size,
                 synced_pos: active_size,
+                alloc_pos: active_size,
                 writing: false,
                 syncing: false,
                 appends_blocked: false,
@@ -1061,14 +1064,49 @@ impl<D: Disk> Log<D> {
         let Some((file, buf, pos, upto, upto_pos)) = write else {
             return Ok(());
         };
-        file.write_at(buf, pos)
-            .await
-            .map_err(|e| LogError::io("write", &self.active_path(), e))?;
+        let end = pos + buf.bytes().len() as u64;
+        let zeroes = self.preallocation(end);
+        let data = file.write_at(buf, pos);
+        let ahead = async {
+            match zeroes {
+                Some((at, len)) => {
+                    let mut z = file.alloc(len);
+                    z.bytes_mut().fill(0);
+                    file.write_at(z, at).await.map(|()| at + len as u64)
+                }
+                None => Ok(end),
+            }
+        };
+        let (data, ahead) = futures_lite::future::zip(data, ahead).await;
+        data.map_err(|e| LogError::io("write", &self.active_path(), e))?;
+        let alloc = ahead.map_err(|e| LogError::io("preallocate", &self.active_path(), e))?;
         let mut st = self.state.borrow_mut();
         assert!(st.written_offset <= upto, "writes complete in order");
         st.written_offset = upto;
         st.written_pos = upto_pos;
+        st.alloc_pos = st.alloc_pos.max(end).max(alloc);
         Ok(())
+    }
+
+    /// The zeroes a write ending at `end` takes along, written beside it (a disjoint range
+    /// past it, in the same round under the write claim): once less than half a stretch is
+    /// left, the next stretch — a quarter of the segment so far, between 64 KiB and
+    /// `preallocate_bytes` (a quiet log preallocates little, and no round waits on a long
+    /// zero write) — never past the segment size limit.
+    fn preallocation(&self, end: u64) -> Option<(u64, usize)> {
+        let config = self.config.get();
+        if config.preallocate_bytes == 0 {
+            return None;
+        }
+        let st = self.state.borrow();
+        let from = st.alloc_pos.max(end);
+        let chunk = align_up((end / 4).max(64 << 10).min(config.preallocate_bytes));
+        if from >= end + chunk / 2 {
+            return None;
+        }
+        let limit = align_up(config.segment_bytes_max);
+        let len = chunk.min(limit.saturating_sub(from));
+        (len > 0).then_some((from, len as usize))
     }
 
     /// One fdatasync of the active segment, covering everything written before it started.
@@ -1185,6 +1223,7 @@ impl<D: Disk> Log<D> {
         st.synced_offset = base;
         st.written_pos = 0;
         st.synced_pos = 0;
+        st.alloc_pos = 0;
         st.last_sync_ms = now_ms;
         Ok(())
     }
@@ -1285,6 +1324,7 @@ impl<D: Disk> Log<D> {
         st.synced_offset = end;
         st.written_pos = size;
         st.synced_pos = size;
+        st.alloc_pos = size;
         Ok(Offset(end))
     }
 

@@ -59,6 +59,8 @@ fn config(fsync: FsyncPolicy) -> LogConfig {
         fsync,
         // Smaller than the log: reads are answered from memory and from the disk.
         tail_cache_bytes: 8 * 1024,
+        // Zeroes ahead of the active segment's end: crashes and reopens must cut them off.
+        preallocate_bytes: 8 * 1024,
     }
 }
 
@@ -702,5 +704,56 @@ fn delete_records_moves_the_start_durably() {
         let log = Log::open(disk.clone(), &dir, cfg, 2).await.unwrap();
         assert_eq!(log.start_offset(), Offset(33), "the start survives a crash");
         assert_eq!(log.end_offset(), Offset(80));
+    });
+}
+
+#[test]
+fn zeroes_are_preallocated_ahead_and_cut_by_rolls_and_recovery() {
+    block_on(async {
+        let disk = SimDisk::new();
+        let cfg = LogConfig {
+            segment_bytes_max: 256 * 1024,
+            preallocate_bytes: 64 * 1024,
+            ..config(FsyncPolicy::Always)
+        };
+        let first = PathBuf::from("/sim/p/00000000000000000000.log");
+        let log = Log::open(disk.clone(), "/sim/p", cfg, 0).await.unwrap();
+        let mut appended = Vec::new();
+        for i in 0..20 {
+            let mut b = make_batch(i, 2, 500, 0);
+            log.append(1, &mut b).await.unwrap();
+            appended.extend_from_slice(&b);
+        }
+        let logical = log.size_bytes() as usize;
+        let file = disk.file_len(&first).unwrap();
+        assert!(
+            file >= logical + 16 * 1024,
+            "the active segment holds zeroes past its {logical} bytes (file {file})"
+        );
+        // A crash keeps every block (data and zeroes): recovery reads the data and nothing
+        // more, cuts the zeroes, and appends continue at the end.
+        drop(log);
+        disk.crash(|_| true);
+        let log = Log::open(disk.clone(), "/sim/p", cfg, 2).await.unwrap();
+        assert_eq!(log.end_offset(), Offset(40));
+        assert_eq!(log.read(Offset(0), 1 << 20).await.unwrap(), appended);
+        assert_eq!(disk.file_len(&first), Some(logical));
+        // Filling past the segment limit rolls: the sealed segment ends at its last batch.
+        let mut i = 20;
+        let mut last = Vec::new();
+        while log.segment_count() < 2 {
+            let mut b = make_batch(i, 2, 500, 0);
+            log.append(3, &mut b).await.unwrap();
+            appended.extend_from_slice(&b);
+            last = b;
+            i += 1;
+        }
+        // The batch that rolled is alone in the new segment; every other one is sealed.
+        assert_eq!(
+            disk.file_len(&first),
+            Some(appended.len() - last.len()),
+            "the sealed segment's file is exactly its batches"
+        );
+        assert_eq!(log.size_bytes(), appended.len() as u64);
     });
 }
