@@ -1079,7 +1079,9 @@ impl<D: Disk> Log<D> {
         };
         let (data, ahead) = futures_lite::future::zip(data, ahead).await;
         data.map_err(|e| LogError::io("write", &self.active_path(), e))?;
-        let alloc = ahead.map_err(|e| LogError::io("preallocate", &self.active_path(), e))?;
+        // Zeroes are an optimisation: when they cannot be written (a full disk), appends go on
+        // extending the file as without them, and the data write decides the log's fate.
+        let alloc = ahead.unwrap_or(end);
         let mut st = self.state.borrow_mut();
         assert!(st.written_offset <= upto, "writes complete in order");
         st.written_offset = upto;

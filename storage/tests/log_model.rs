@@ -411,6 +411,31 @@ fn failed_fsync_poisons_the_log() {
 }
 
 #[test]
+fn a_failed_preallocation_is_not_a_failed_append() {
+    block_on(async {
+        let disk = SimDisk::new();
+        let log = Log::open(disk.clone(), "/sim/p", config(FsyncPolicy::Always), 0)
+            .await
+            .unwrap();
+        // The first round writes the batch, then the zeroes ahead of it: the zeroes fail.
+        disk.fail_write_in(2);
+        let mut appended = Vec::new();
+        for i in 0..10 {
+            let mut b = make_batch(i, 1, 300, 0);
+            log.append(1, &mut b).await.unwrap();
+            appended.extend_from_slice(&b);
+        }
+        assert!(!log.is_poisoned());
+        drop(log);
+        disk.crash(|_| false);
+        let log = Log::open(disk.clone(), "/sim/p", config(FsyncPolicy::Always), 2)
+            .await
+            .unwrap();
+        assert_eq!(log.read(Offset(0), 1 << 20).await.unwrap(), appended);
+    });
+}
+
+#[test]
 fn failed_write_poisons_the_log() {
     block_on(async {
         let disk = SimDisk::new();

@@ -600,6 +600,7 @@ impl Receipts {
     }
 
     #[allow(clippy::len_without_is_empty)]
+    #[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(dead_code))]
     pub fn len(&self) -> usize {
         self.latencies.len()
     }
