@@ -130,8 +130,8 @@ pub fn payload_time(p: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(p.get(..8)?.try_into().ok()?))
 }
 
-/// Shared measurement of one run: counts, bytes, a latency histogram (µs), a per-second
-/// throughput series, and the warm-up cut.
+/// Shared measurement of one run: counts, bytes, a latency histogram (µs), per-second series
+/// of throughput and of the slowest latency (where a tail spike happened), and the warm-up cut.
 pub struct Stats {
     pub started: Instant,
     warmup: Duration,
@@ -140,6 +140,8 @@ pub struct Stats {
     pub errors: AtomicU64,
     latency_us: Mutex<Histogram<u64>>,
     series: Mutex<Vec<u64>>,
+    /// The largest latency (µs) recorded in each second, warm-up included.
+    series_max_us: Mutex<Vec<u64>>,
     pub done: AtomicBool,
 }
 
@@ -153,6 +155,7 @@ impl Stats {
             errors: AtomicU64::new(0),
             latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("bounds")),
             series: Mutex::new(Vec::new()),
+            series_max_us: Mutex::new(Vec::new()),
             done: AtomicBool::new(false),
         })
     }
@@ -177,6 +180,15 @@ impl Stats {
                 s.resize(sec + 1, 0);
             }
             s[sec] += n;
+        }
+        {
+            let sec = elapsed.as_secs() as usize;
+            let worst = latencies_ns.iter().max().copied().unwrap_or(0) / 1000;
+            let mut m = self.series_max_us.lock().unwrap();
+            if m.len() <= sec {
+                m.resize(sec + 1, 0);
+            }
+            m[sec] = m[sec].max(worst);
         }
         if elapsed < self.warmup {
             return;
@@ -301,6 +313,8 @@ pub struct Report {
     pub latency_ms: Vec<(f64, f64)>,
     pub max_ms: f64,
     pub series: Vec<u64>,
+    /// The slowest latency (ms) of each second.
+    pub series_max_ms: Vec<f64>,
     pub cpu_s: Option<f64>,
     pub rss_kib_max: Option<u64>,
 }
@@ -329,6 +343,13 @@ impl Report {
             latency_ms: PERCENTILES.iter().map(|p| (*p, q(*p))).collect(),
             max_ms: h.max() as f64 / 1000.0,
             series: stats.series.lock().unwrap().clone(),
+            series_max_ms: stats
+                .series_max_us
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|us| *us as f64 / 1000.0)
+                .collect(),
             cpu_s: proc_stats.map(|p| p.0),
             rss_kib_max: proc_stats.map(|p| p.1),
         }
@@ -375,6 +396,14 @@ impl Report {
             .map(|(p, v)| format!("p{p} {v:.3}"))
             .collect();
         println!("  latency ms: {} max {:.3}", pcts.join(" "), self.max_ms);
+        if let Some((sec, worst)) = self
+            .series_max_ms
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+        {
+            println!("  slowest second: {sec} s after the start (max {worst:.3} ms)");
+        }
         if let (Some(cpu), Some(rss)) = (self.cpu_s, self.rss_kib_max) {
             println!(
                 "  broker: {cpu:.2} CPU s ({:.3} CPU s per GB), peak RSS {} MiB",
@@ -404,6 +433,7 @@ impl Report {
             "cpu_s": self.cpu_s,
             "rss_kib_max": self.rss_kib_max,
             "series_msgs_per_s": self.series,
+            "series_max_ms": self.series_max_ms,
         })
     }
 
@@ -431,6 +461,12 @@ impl Report {
                 .iter()
                 .filter_map(|x| x.as_u64())
                 .collect(),
+            // Reports written before the series existed have none.
+            series_max_ms: v
+                .get("series_max_ms")
+                .and_then(|x| x.as_array())
+                .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
+                .unwrap_or_default(),
             cpu_s: f("cpu_s"),
             rss_kib_max: v.get("rss_kib_max").and_then(|x| x.as_u64()),
         })
@@ -691,5 +727,17 @@ mod tests {
         stats.record(10, 1000);
         assert_eq!(stats.messages.load(Ordering::Relaxed), 0);
         assert_eq!(stats.series_total(), 1);
+    }
+
+    #[test]
+    fn each_second_keeps_its_slowest_latency_through_json() {
+        let stats = Stats::new(Duration::ZERO);
+        stats.record_many(30, &[2_000_000, 9_000_000, 1_000_000]);
+        stats.record(10, 4_000_000);
+        let r = Report::from_stats("w", "e2e", "s", &stats, Duration::from_secs(1), None);
+        assert_eq!(r.series_max_ms, vec![9.0]);
+        let back = Report::from_json(&r.to_json()).unwrap();
+        assert_eq!(back.series_max_ms, vec![9.0]);
+        assert_eq!(back.series, vec![4]);
     }
 }
