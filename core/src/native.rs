@@ -377,6 +377,23 @@ impl<'a> Msg<'a> {
         out.extend_from_slice(self.batch);
     }
 
+    /// Bytes of this message as a whole MSG frame, header included.
+    pub fn frame_len(&self) -> usize {
+        let meta = self.meta.map_or(0, |m| {
+            2 + m.stream.len() + 2 + m.consumer.len() + 8 + 8 + 4 + 8 + 8
+        });
+        // length prefix, header, sid, subject, reply, meta marker, meta, batch
+        4 + HEADER_BYTES
+            + 4
+            + 2
+            + self.subject.len()
+            + 2
+            + self.reply.len()
+            + 1
+            + meta
+            + self.batch.len()
+    }
+
     /// Appends this message as a whole MSG frame (header included) to `out`.
     pub fn encode_frame(&self, out: &mut Vec<u8>, corr: u32) {
         let at = begin_frame(
@@ -892,6 +909,7 @@ mod tests {
         assert_eq!((&*owned.consumer, owned.as_ref()), ("C", m.meta.unwrap()));
         let mut framed = Vec::new();
         m.encode_frame(&mut framed, 7);
+        assert_eq!(framed.len(), m.frame_len());
         let (h, body) = split_frame(&framed, FRAME_BYTES_MAX).unwrap().unwrap();
         assert_eq!((h.op, h.corr, &framed[body]), (op::MSG, 7, &out[..]));
         for cut in 0..out.len() - 5 {

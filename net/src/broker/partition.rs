@@ -24,10 +24,10 @@ pub struct Partition {
     read_fds: RefCell<Vec<(PathBuf, std::fs::File)>>,
 }
 
-/// Segment descriptors kept open per partition for zero-copy fetch.
 /// How far past a sendfile fetch's region the kernel is asked to read ahead.
 const FETCH_READ_AHEAD_BYTES: u64 = 8 << 20;
 
+/// Segment descriptors kept open per partition for zero-copy fetch.
 const READ_FDS_MAX: usize = 4;
 
 /// The outcome of a produce to one partition: base offset and log-append time, or a Kafka

@@ -122,15 +122,15 @@ pub fn msg_frame(
     meta: Option<&MsgMeta>,
     batch: &[u8],
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(96 + subject.len() + reply.len() + batch.len());
-    native::Msg {
+    let m = native::Msg {
         sid,
         subject,
         reply,
         meta: meta.map(MsgMeta::as_ref),
         batch,
-    }
-    .encode_frame(&mut out, corr);
+    };
+    let mut out = Vec::with_capacity(m.frame_len());
+    m.encode_frame(&mut out, corr);
     out
 }
 

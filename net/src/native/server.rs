@@ -496,24 +496,23 @@ async fn fetch(conn: &Rc<Conn>, corr: u32, req: FetchRequest) {
                     break;
                 }
                 // One buffer of MSG frames per batch taken: one queue entry and one write.
-                let mut frames = Vec::with_capacity(
-                    msgs.iter()
-                        .map(|m| m.batch.len() + m.subject.len() + 96)
-                        .sum(),
-                );
-                for m in &msgs {
-                    bytes += m.batch.len() as u64;
-                    sent += 1;
-                    native::Msg {
+                let frames: Vec<native::Msg<'_>> = msgs
+                    .iter()
+                    .map(|m| native::Msg {
                         sid: 0,
                         subject: &m.subject,
                         reply: "",
                         meta: Some(m.meta.as_ref()),
                         batch: &m.batch,
-                    }
-                    .encode_frame(&mut frames, corr);
+                    })
+                    .collect();
+                let mut out = Vec::with_capacity(frames.iter().map(|f| f.frame_len()).sum());
+                for f in &frames {
+                    bytes += f.batch.len() as u64;
+                    sent += 1;
+                    f.encode_frame(&mut out, corr);
                 }
-                conn.out.send(frames);
+                conn.out.send(out);
                 if sent >= want || (req.max_bytes > 0 && bytes >= req.max_bytes) {
                     break;
                 }

@@ -130,6 +130,13 @@ pub fn payload_time(p: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(p.get(..8)?.try_into().ok()?))
 }
 
+/// One second of a run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Second {
+    messages: u64,
+    max_us: u64,
+}
+
 /// Shared measurement of one run: counts, bytes, a latency histogram (µs), per-second series
 /// of throughput and of the slowest latency (where a tail spike happened), and the warm-up cut.
 pub struct Stats {
@@ -139,9 +146,9 @@ pub struct Stats {
     pub bytes: AtomicU64,
     pub errors: AtomicU64,
     latency_us: Mutex<Histogram<u64>>,
-    series: Mutex<Vec<u64>>,
-    /// The largest latency (µs) recorded in each second, warm-up included.
-    series_max_us: Mutex<Vec<u64>>,
+    /// Per second since the start, warm-up included: messages completed, and the largest
+    /// latency (µs) among them.
+    series: Mutex<Vec<Second>>,
     pub done: AtomicBool,
 }
 
@@ -155,7 +162,6 @@ impl Stats {
             errors: AtomicU64::new(0),
             latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("bounds")),
             series: Mutex::new(Vec::new()),
-            series_max_us: Mutex::new(Vec::new()),
             done: AtomicBool::new(false),
         })
     }
@@ -177,18 +183,11 @@ impl Stats {
             let sec = elapsed.as_secs() as usize;
             let mut s = self.series.lock().unwrap();
             if s.len() <= sec {
-                s.resize(sec + 1, 0);
+                s.resize(sec + 1, Second::default());
             }
-            s[sec] += n;
-        }
-        {
-            let sec = elapsed.as_secs() as usize;
+            s[sec].messages += n;
             let worst = latencies_ns.iter().max().copied().unwrap_or(0) / 1000;
-            let mut m = self.series_max_us.lock().unwrap();
-            if m.len() <= sec {
-                m.resize(sec + 1, 0);
-            }
-            m[sec] = m[sec].max(worst);
+            s[sec].max_us = s[sec].max_us.max(worst);
         }
         if elapsed < self.warmup {
             return;
@@ -204,7 +203,7 @@ impl Stats {
 
     /// Every message completed, warm-up included.
     pub fn series_total(&self) -> u64 {
-        self.series.lock().unwrap().iter().sum()
+        self.series.lock().unwrap().iter().map(|s| s.messages).sum()
     }
 
     pub fn error(&self) {
@@ -222,7 +221,7 @@ impl Stats {
                 if t.as_millis() % 1000 >= 200 {
                     continue;
                 }
-                let total: u64 = s.series.lock().unwrap().iter().sum();
+                let total = s.series_total();
                 eprint!(
                     "\r{label}: {:>4}s {:>10} msgs {:>9.0} msgs/s   ",
                     t.as_secs(),
@@ -331,6 +330,7 @@ impl Report {
         proc_stats: Option<(f64, u64)>,
     ) -> Report {
         let h = stats.latency_us.lock().unwrap();
+        let series = stats.series.lock().unwrap();
         let q = |p: f64| h.value_at_quantile(p / 100.0) as f64 / 1000.0;
         Report {
             workload: workload.into(),
@@ -342,14 +342,8 @@ impl Report {
             seconds: measured.as_secs_f64(),
             latency_ms: PERCENTILES.iter().map(|p| (*p, q(*p))).collect(),
             max_ms: h.max() as f64 / 1000.0,
-            series: stats.series.lock().unwrap().clone(),
-            series_max_ms: stats
-                .series_max_us
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|us| *us as f64 / 1000.0)
-                .collect(),
+            series: series.iter().map(|s| s.messages).collect(),
+            series_max_ms: series.iter().map(|s| s.max_us as f64 / 1000.0).collect(),
             cpu_s: proc_stats.map(|p| p.0),
             rss_kib_max: proc_stats.map(|p| p.1),
         }
@@ -599,8 +593,6 @@ where
     Ok(())
 }
 
-/// Records a received message: end-to-end latency from the payload's send time, or (backlog
-/// reads) the time since the consumer started.
 /// Receipts a per-message consumer loop gathers before adding them to its stats.
 #[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(dead_code))]
 pub const RECEIPTS_BATCH: usize = 256;
