@@ -500,6 +500,15 @@ impl<D: Disk> Log<D> {
     /// [`Log::append`] of a batch the caller cannot lend mutably (a shared frame buffer): the
     /// offsets are written into the log's own copy.
     pub async fn append_ref(&self, now_ms: u64, batch: &[u8]) -> Result<AppendInfo, LogError> {
+        let info = self.buffer_ref(now_ms, batch).await?;
+        self.acked(now_ms, info.last_offset).await?;
+        Ok(info)
+    }
+
+    /// The first half of [`Log::append_ref`]: takes the batch into the log (offsets assigned,
+    /// in the order of the calls' first polls) without waiting for it to be written. Several
+    /// batches buffered back to back are then acknowledged by one [`Log::acked`] of the last.
+    pub async fn buffer_ref(&self, now_ms: u64, batch: &[u8]) -> Result<AppendInfo, LogError> {
         if batch.len() > self.config.get().batch_bytes_max {
             return Err(LogError::BatchTooLarge {
                 bytes: batch.len(),
@@ -561,12 +570,17 @@ impl<D: Disk> Log<D> {
             drop(st);
             self.changed.notify_all();
         }
-        let info = buffered?;
-        self.wait_acked(now_ms, info.last_offset.0).await?;
+        buffered
+    }
+
+    /// Resolves once everything up to `last_offset` is acknowledged under the fsync policy
+    /// (written; under `always` also fdatasynced), taking the write and sync rounds it needs.
+    pub async fn acked(&self, now_ms: u64, last_offset: Offset) -> Result<(), LogError> {
+        self.wait_acked(now_ms, last_offset.0).await?;
         if let FsyncPolicy::Interval { .. } = self.config.get().fsync {
             self.tick(now_ms).await?;
         }
-        Ok(info)
+        Ok(())
     }
 
     /// Resolves once offset `offset` is acknowledged (for parked fetches: data past it exists).

@@ -864,3 +864,126 @@ fn runs_on_a_relative_data_dir() {
         assert_eq!(m.data, b"kept");
     });
 }
+
+/// A publisher that pipelines: thousands of publishes sent before any ack is read, to two file
+/// streams, a memory stream and a subject nobody captures, interleaved, with a duplicate and a
+/// failed expectation in the middle. The server stores consecutive publishes to one stream as
+/// one run (one task, one durability wait); every message must still get its own answer, in
+/// the stream the sequence it was sent in.
+#[test]
+fn pipelined_publishes_each_get_their_answer_in_order() {
+    let dir = TestDir::new("native-pipelined");
+    let broker = Broker::start(&dir.0, &[]);
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        let mut a = stream("PA", &["pa.*"], Retention::Limits);
+        a.duplicate_window_ms = 60_000;
+        c.add_stream(a).await.unwrap();
+        c.add_stream(stream("PB", &["pb.*"], Retention::Limits))
+            .await
+            .unwrap();
+        let mut m = stream("PM", &["pm.*"], Retention::Limits);
+        m.storage = Storage::Memory;
+        c.add_stream(m).await.unwrap();
+
+        // What each publish is, and what its answer must be.
+        #[derive(Debug, PartialEq)]
+        enum Want {
+            Seq(&'static str, u64),
+            Duplicate(u64),
+            Refused(u16),
+            NoResponders,
+        }
+        let n = 6000u64;
+        let mut sends = Vec::new();
+        let mut want = Vec::new();
+        let mut next = std::collections::HashMap::<&str, u64>::new();
+        let mut stored = std::collections::HashMap::<&str, Vec<Vec<u8>>>::new();
+        let mut seq_of_10 = 0;
+        for i in 0..n {
+            let data = format!("msg-{i}").into_bytes();
+            let (stream, subject, opts) = match i {
+                // The 10th publish's id again: a duplicate, answered with its sequence.
+                3000 => ("PA", "pa.x", with_id("id-10".into())),
+                // An expectation that cannot hold: refused, the run goes on.
+                3500 => (
+                    "PA",
+                    "pa.x",
+                    PublishOptions {
+                        expected_last_seq: Some(1),
+                        ..Default::default()
+                    },
+                ),
+                _ if i % 97 == 0 => ("", "nobody.home", PublishOptions::default()),
+                _ if i % 13 == 0 => ("PM", "pm.m", PublishOptions::default()),
+                _ if i % 7 == 0 => ("PB", "pb.b", PublishOptions::default()),
+                _ => ("PA", "pa.a", with_id(format!("id-{i}"))),
+            };
+            want.push(match (i, stream) {
+                (3000, _) => Want::Duplicate(seq_of_10),
+                (3500, _) => Want::Refused(412),
+                (_, "") => Want::NoResponders,
+                (_, s) => {
+                    let seq = next.entry(s).or_insert(1);
+                    *seq += 1;
+                    stored.entry(s).or_default().push(data.clone());
+                    if i == 10 {
+                        seq_of_10 = *seq - 1;
+                    }
+                    Want::Seq(s, *seq - 1)
+                }
+            });
+            let c = c.clone();
+            // Sent in order when join_all first polls them, all before any answer is read.
+            sends.push(async move { c.publish_ack(subject, &data, opts).await });
+        }
+        let answers = futures::future::join_all(sends).await;
+        let got: Vec<Want> = answers
+            .into_iter()
+            .map(|a| match a {
+                Ok(ack) if ack.duplicate => Want::Duplicate(ack.seq),
+                Ok(ack) => Want::Seq(
+                    match ack.stream.as_str() {
+                        "PA" => "PA",
+                        "PB" => "PB",
+                        "PM" => "PM",
+                        other => panic!("ack from stream {other}"),
+                    },
+                    ack.seq,
+                ),
+                Err(Error::NoResponders(_)) => Want::NoResponders,
+                Err(e) => Want::Refused(e.status().unwrap_or(0)),
+            })
+            .collect();
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert_eq!(g, w, "answer to publish {i}");
+        }
+        // Each stream holds its messages in the order they were sent.
+        for s in ["PA", "PB", "PM"] {
+            let expect = &stored[s];
+            let all = ConsumerConfig {
+                ack_policy: AckPolicy::None,
+                ..pull("all", 30_000)
+            };
+            c.add_consumer(s, all).await.unwrap();
+            let msgs = fetch_n(&c, s, "all", expect.len()).await;
+            let data: Vec<String> = msgs
+                .iter()
+                .map(|m| String::from_utf8_lossy(&m.data).into_owned())
+                .collect();
+            let expect: Vec<String> = expect
+                .iter()
+                .map(|d| String::from_utf8_lossy(d).into_owned())
+                .collect();
+            assert_eq!(data.len(), expect.len(), "messages in stream {s}");
+            if let Some(k) = (0..data.len()).find(|&k| data[k] != expect[k]) {
+                panic!(
+                    "stream {s}, message {k}: {} instead of {}",
+                    data[k], expect[k]
+                );
+            }
+            let info = c.stream_info(s, "").await.unwrap();
+            assert_eq!(info.state.messages, expect.len() as u64, "stream {s}");
+        }
+    });
+}

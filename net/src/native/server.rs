@@ -66,6 +66,77 @@ fn frame(op: u8, status: u16, corr: u32, body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Appends one answer frame to `out`.
+fn push_frame(out: &mut Vec<u8>, op: u8, status: u16, corr: u32, body: &[u8]) {
+    native::encode_frame(
+        out,
+        Header {
+            op,
+            flags: 0,
+            status,
+            corr,
+        },
+        body,
+    );
+}
+
+/// Consecutive stream publishes of one connection to one stream, stored by one task
+/// ([`super::streams::store_many`]): a pipelining publisher's frames read in one go cost one
+/// task, one durability wait and one write of acknowledgements, not one of each per message.
+#[derive(Default)]
+struct PubRun {
+    stream: String,
+    msgs: Vec<(String, Bytes)>,
+    /// Correlation id to acknowledge each message under (0: no answer wanted).
+    acks: Vec<u32>,
+}
+
+/// Publishes a run takes before it is stored.
+const PUB_RUN_MAX: usize = 1024;
+
+impl PubRun {
+    fn push(&mut self, conn: &Rc<Conn>, stream: &str, subject: String, batch: Bytes, ack: u32) {
+        if self.stream != stream {
+            self.flush(conn);
+            self.stream.clear();
+            self.stream.push_str(stream);
+        }
+        self.msgs.push((subject, batch));
+        self.acks.push(ack);
+        if self.msgs.len() >= PUB_RUN_MAX {
+            self.flush(conn);
+        }
+    }
+
+    /// Starts storing the run (registered with the stream before the next frame is handled).
+    fn flush(&mut self, conn: &Rc<Conn>) {
+        if self.msgs.is_empty() {
+            return;
+        }
+        let msgs = std::mem::take(&mut self.msgs);
+        let acks = std::mem::take(&mut self.acks);
+        let name = self.stream.clone();
+        spawn_n(conn, msgs.len(), async move |c: Rc<Conn>| {
+            let answers = super::streams::store_many(&c.shard, name, msgs).await;
+            let mut out = Vec::new();
+            for (corr, answer) in acks.into_iter().zip(answers) {
+                match (corr, answer) {
+                    (0, _) => {}
+                    (corr, Ok(ack)) => {
+                        push_frame(&mut out, op::PUB_ACK, 0, corr, &native::to_body(&ack))
+                    }
+                    (corr, Err((code, msg))) => {
+                        push_frame(&mut out, op::ERROR, code, corr, msg.as_bytes())
+                    }
+                }
+            }
+            if !out.is_empty() {
+                c.out.send(out);
+            }
+        });
+    }
+}
+
 impl Conn {
     fn reply(&self, op: u8, corr: u32, body: &[u8]) {
         self.out.send(frame(op, 0, corr, body));
@@ -154,6 +225,7 @@ async fn read_loop(
     let max = shard.shared.config.native_frame_bytes_max;
     let mut buf = BytesMut::with_capacity(64 << 10);
     let mut hello = false;
+    let mut run = PubRun::default();
     loop {
         // Frames already buffered first.
         loop {
@@ -162,6 +234,7 @@ async fn read_loop(
                 Ok(Some(x)) => x,
                 Ok(None) => break,
                 Err(FrameError(m)) => {
+                    run.flush(conn);
                     conn.error(0, (status::BAD_REQUEST, m.clone()));
                     return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, m));
                 }
@@ -223,7 +296,11 @@ async fn read_loop(
                 hello = true;
                 continue;
             }
-            if let Err(m) = dispatch(conn, h, body) {
+            if h.op != op::PUB {
+                run.flush(conn);
+            }
+            if let Err(m) = dispatch(conn, h, body, &mut run) {
+                run.flush(conn);
                 conn.error(h.corr, (status::BAD_REQUEST, m.clone()));
                 return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, m));
             }
@@ -231,6 +308,8 @@ async fn read_loop(
                 conn.settled.notified().await;
             }
         }
+        // Everything read is handled before waiting for more.
+        run.flush(conn);
         if conn.out.slow.get() {
             return Err(std::io::Error::other(
                 "slow consumer: too many bytes queued",
@@ -261,13 +340,13 @@ fn frame_err(corr: u32, code: u16, msg: &str) -> Vec<u8> {
 }
 
 /// Starts handling one frame. Errors are protocol violations that close the connection.
-fn dispatch(conn: &Rc<Conn>, h: Header, body: Bytes) -> Result<(), String> {
+fn dispatch(conn: &Rc<Conn>, h: Header, body: Bytes, run: &mut PubRun) -> Result<(), String> {
     match h.op {
         op::PING => {
             conn.reply(op::PONG, h.corr, &[]);
             Ok(())
         }
-        op::PUB => publish(conn, h, body),
+        op::PUB => publish(conn, h, body, run),
         op::SUB => {
             let sub = Sub::decode(&body).map_err(|e| e.0)?;
             if let Err(e) = sluice_core::subject::validate_pattern(sub.subject) {
@@ -376,17 +455,25 @@ fn spawn<F>(conn: &Rc<Conn>, f: impl FnOnce(Rc<Conn>) -> F + 'static)
 where
     F: std::future::Future<Output = ()> + 'static,
 {
-    conn.in_flight.set(conn.in_flight.get() + 1);
+    spawn_n(conn, 1, f)
+}
+
+/// [`spawn`] of a task that handles `n` requests.
+fn spawn_n<F>(conn: &Rc<Conn>, n: usize, f: impl FnOnce(Rc<Conn>) -> F + 'static)
+where
+    F: std::future::Future<Output = ()> + 'static,
+{
+    conn.in_flight.set(conn.in_flight.get() + n);
     let c = conn.clone();
     glommio::spawn_local(async move {
         f(c.clone()).await;
-        c.in_flight.set(c.in_flight.get() - 1);
+        c.in_flight.set(c.in_flight.get() - n);
         c.settled.notify_all();
     })
     .detach();
 }
 
-fn publish(conn: &Rc<Conn>, h: Header, body: Bytes) -> Result<(), String> {
+fn publish(conn: &Rc<Conn>, h: Header, body: Bytes, run: &mut PubRun) -> Result<(), String> {
     let p = Pub::decode(&body).map_err(|e| e.0)?;
     if let Err(e) = sluice_core::subject::validate_literal(p.subject) {
         if h.corr != 0 {
@@ -395,7 +482,7 @@ fn publish(conn: &Rc<Conn>, h: Header, body: Bytes) -> Result<(), String> {
         return Ok(());
     }
     let subject = p.subject.to_string();
-    let reply = p.reply.to_string();
+    let reply = p.reply;
     if let Some(rest) = subject.strip_prefix("$FC.") {
         // A push consumer's answer to flow control: $FC.<stream>.<consumer>.<token>.
         let parts: Vec<&str> = rest.split('.').collect();
@@ -417,23 +504,20 @@ fn publish(conn: &Rc<Conn>, h: Header, body: Bytes) -> Result<(), String> {
     let batch_start = body.len() - p.batch.len();
     let batch = body.slice(batch_start..);
     let shard = &conn.shard;
-    let delivered = pubsub::route(shard, &subject, &reply, None, batch.clone());
+    let delivered = pubsub::route(shard, &subject, reply, None, batch.clone());
     let meta = shard.metadata();
-    let stream = meta.stream_for(&subject).map(|s| s.config.name.clone());
-    match stream {
+    match meta.stream_for(&subject).map(|s| &s.config.name) {
         Some(name) => {
             let want_ack = h.flags & flag::ACK != 0 && h.corr != 0;
-            // Registered with the stream in arrival order: the job is queued (or, on this
-            // shard, started) before the next frame is read.
-            spawn(conn, async move |c: Rc<Conn>| {
-                let r = super::streams::store_direct(&c.shard, &name, &subject, batch).await;
-                if want_ack {
-                    match r {
-                        Ok(ack) => c.reply(op::PUB_ACK, h.corr, &native::to_body(&ack)),
-                        Err(e) => c.error(h.corr, e),
-                    }
-                }
-            });
+            // Registered with the stream in arrival order: the run is stored before any other
+            // request of this connection is handled, and before the next read.
+            run.push(
+                conn,
+                name,
+                subject,
+                batch,
+                if want_ack { h.corr } else { 0 },
+            );
         }
         None => {
             if h.corr != 0 && (h.flags & flag::ACK != 0 || (!reply.is_empty() && delivered == 0)) {

@@ -28,6 +28,7 @@ use sluice_core::stream::{PublishVerdict, Stream};
 use sluice_core::Offset;
 use sluice_storage::notify::Notify;
 use sluice_storage::wall_clock_ms;
+use sluice_storage::LogError;
 
 use crate::broker::metadata::StreamMeta;
 use crate::broker::partition::Partition;
@@ -172,6 +173,16 @@ struct PubInfo {
     msg_id: Option<String>,
     expected_last_seq: Option<u64>,
     size: usize,
+}
+
+/// What admission made of a published message.
+enum Admitted {
+    New(u64),
+    Duplicate(u64),
+}
+
+fn store_failed(e: LogError) -> Refusal {
+    (status::INTERNAL, format!("storing the message failed: {e}"))
 }
 
 fn pub_info(bytes: &[u8]) -> Result<PubInfo, Refusal> {
@@ -347,7 +358,95 @@ impl StreamHome {
 
     /// Stores a published message. The batch is the client's, stored as is.
     pub async fn publish(&self, subject: &str, batch: Bytes) -> Result<PubAck, Refusal> {
-        let p = pub_info(&batch)?;
+        let msg = [(subject.to_string(), batch)];
+        let mut answers = self.publish_many(&msg).await;
+        answers.pop().expect("one answer per message")
+    }
+
+    /// Stores published messages in order, one answer each. A file stream takes them all into
+    /// its log and then waits once, for the last one's durability: one task, one wait and one
+    /// wake-up for a publisher's pipelined run instead of one per message.
+    pub async fn publish_many(&self, msgs: &[(String, Bytes)]) -> Vec<Result<PubAck, Refusal>> {
+        let now = wall_clock_ms() as i64;
+        let mut answers = Vec::with_capacity(msgs.len());
+        // Messages stored in the stream's state, not yet durable: (index, seq).
+        let mut taken: Vec<(usize, u64)> = Vec::with_capacity(msgs.len());
+        let mut last_offset = None;
+        for (i, (subject, batch)) in msgs.iter().enumerate() {
+            let seq = match self.admit(now, subject, batch) {
+                Ok(Admitted::New(seq)) => seq,
+                Ok(Admitted::Duplicate(seq)) => {
+                    answers.push(Ok(self.pub_ack(seq, true)));
+                    continue;
+                }
+                Err(e) => {
+                    answers.push(Err(e));
+                    continue;
+                }
+            };
+            // No await between admitting and buffering: log offsets follow sequence order.
+            match &self.store {
+                Store::Memory(m) => {
+                    let mut owned = batch.to_vec();
+                    batch::set_base_offset(&mut owned, Offset(seq as i64 - 1));
+                    m.borrow_mut().insert(seq, Bytes::from(owned));
+                }
+                Store::File(part) => match part.log.buffer_ref(now as u64, batch).await {
+                    Ok(info) => {
+                        if info.base_offset.0 as u64 + 1 != seq {
+                            eprintln!(
+                                "sluice: stream {} stored seq {seq} at offset {} (bug)",
+                                self.name, info.base_offset.0
+                            );
+                        }
+                        last_offset = Some(info.last_offset);
+                    }
+                    Err(e) => {
+                        self.state.borrow_mut().remove(seq);
+                        self.removed();
+                        answers.push(Err(store_failed(e)));
+                        continue;
+                    }
+                },
+            }
+            taken.push((i, seq));
+            answers.push(Ok(self.pub_ack(seq, false)));
+        }
+        if let (Store::File(part), Some(last)) = (&self.store, last_offset) {
+            if let Err(e) = part.log.acked(now as u64, last).await {
+                let refusal = store_failed(e);
+                let mut st = self.state.borrow_mut();
+                for &(i, seq) in &taken {
+                    st.remove(seq);
+                    answers[i] = Err(refusal.clone());
+                }
+                drop(st);
+                self.removed();
+                return answers;
+            }
+        }
+        {
+            let mut st = self.state.borrow_mut();
+            let consumers = self.consumers.borrow();
+            for &(i, seq) in &taken {
+                st.set_visible(seq);
+                // Interest retention keeps a message only while a consumer wants it.
+                if st.retention() == Retention::Interest
+                    && !consumers.values().any(|c| c.needs(seq, &msgs[i].0))
+                {
+                    st.remove(seq);
+                }
+            }
+        }
+        self.removed();
+        self.changed.notify_all();
+        answers
+    }
+
+    /// Admission of one published message: dedup, limits and expectations checked, and if
+    /// accepted, recorded in the stream's state under its new sequence (not visible yet).
+    fn admit(&self, now: i64, subject: &str, batch: &[u8]) -> Result<Admitted, Refusal> {
+        let p = pub_info(batch)?;
         if p.subject != subject {
             return Err((
                 status::BAD_REQUEST,
@@ -357,77 +456,35 @@ impl StreamHome {
                 ),
             ));
         }
-        let now = wall_clock_ms() as i64;
-        let seq = {
-            let mut st = self.state.borrow_mut();
-            match st.check_publish(
-                now,
-                subject,
-                p.size,
-                p.msg_id.as_deref(),
-                p.expected_last_seq,
-            ) {
-                PublishVerdict::Accept => {}
-                PublishVerdict::Duplicate(seq) => {
-                    return Ok(PubAck {
-                        stream: self.name.clone(),
-                        seq,
-                        duplicate: true,
-                    })
-                }
-                PublishVerdict::Refuse { status, message } => return Err((status, message)),
-            }
-            let seq = st.last_seq() + 1;
-            st.stored(seq, subject, p.size, now, p.msg_id.as_deref());
-            for c in self.consumers.borrow_mut().values_mut() {
-                c.on_stored(seq, subject);
-            }
-            self.removals(st.take_removed());
-            seq
-        };
-        match &self.store {
-            Store::Memory(m) => {
-                let mut owned = batch.to_vec();
-                batch::set_base_offset(&mut owned, Offset(seq as i64 - 1));
-                m.borrow_mut().insert(seq, Bytes::from(owned));
-            }
-            Store::File(part) => match part.log.append_ref(now as u64, &batch).await {
-                Ok(info) if info.base_offset.0 as u64 + 1 == seq => {}
-                Ok(info) => {
-                    eprintln!(
-                        "sluice: stream {} stored seq {seq} at offset {} (bug)",
-                        self.name, info.base_offset.0
-                    );
-                }
-                Err(e) => {
-                    self.state.borrow_mut().remove(seq);
-                    self.removed();
-                    return Err((status::INTERNAL, format!("storing the message failed: {e}")));
-                }
-            },
+        let mut st = self.state.borrow_mut();
+        match st.check_publish(
+            now,
+            subject,
+            p.size,
+            p.msg_id.as_deref(),
+            p.expected_last_seq,
+        ) {
+            PublishVerdict::Accept => {}
+            PublishVerdict::Duplicate(seq) => return Ok(Admitted::Duplicate(seq)),
+            PublishVerdict::Refuse { status, message } => return Err((status, message)),
         }
-        {
-            let mut st = self.state.borrow_mut();
-            st.set_visible(seq);
-            // Interest retention keeps a message only while a consumer wants it.
-            if st.retention() == Retention::Interest
-                && !self
-                    .consumers
-                    .borrow()
-                    .values()
-                    .any(|c| c.needs(seq, subject))
-            {
-                st.remove(seq);
-                drop(st);
-                self.removed();
-            }
+        let seq = st.last_seq() + 1;
+        st.stored(seq, subject, p.size, now, p.msg_id.as_deref());
+        for c in self.consumers.borrow_mut().values_mut() {
+            c.on_stored(seq, subject);
         }
-        self.changed.notify_all();
-        Ok(PubAck {
+        let removed = st.take_removed();
+        drop(st);
+        self.removals(removed);
+        Ok(Admitted::New(seq))
+    }
+
+    fn pub_ack(&self, seq: u64, duplicate: bool) -> PubAck {
+        PubAck {
             stream: self.name.clone(),
             seq,
-            duplicate: false,
-        })
+            duplicate,
+        }
     }
 
     /// Bookkeeping after the stream removed sequences.
@@ -1136,16 +1193,29 @@ pub async fn store_direct(
     subject: &str,
     batch: Bytes,
 ) -> Result<PubAck, Refusal> {
-    let owner = shard.owner(name, 0);
-    let (name, subject) = (name.to_string(), subject.to_string());
+    let msgs = vec![(subject.to_string(), batch)];
+    let mut answers = store_many(shard, name.to_string(), msgs).await;
+    answers.pop().expect("one answer per message")
+}
+
+/// Stores messages in order in the stream named `name` on its owner shard: one job there for
+/// all of them ([`StreamHome::publish_many`]), one answer each.
+pub async fn store_many(
+    shard: &Rc<Shard>,
+    name: String,
+    msgs: Vec<(String, Bytes)>,
+) -> Vec<Result<PubAck, Refusal>> {
+    let owner = shard.owner(&name, 0);
     shard
         .submit_to(owner, move |s| {
             Box::pin(async move {
-                let home = s
-                    .native
-                    .stream(&name)
-                    .ok_or((status::NOT_FOUND, format!("stream {name} not found")))?;
-                home.publish(&subject, batch).await
+                match s.native.stream(&name) {
+                    Some(home) => home.publish_many(&msgs).await,
+                    None => {
+                        let refusal = (status::NOT_FOUND, format!("stream {name} not found"));
+                        vec![Err(refusal); msgs.len()]
+                    }
+                }
             })
         })
         .await
