@@ -320,13 +320,8 @@ fn serve_config(args: ServeArgs) -> Result<sluice_net::broker::config::BrokerCon
     Ok(c)
 }
 
-/// mimalloc: per-thread free lists, no cross-thread consolidation, and freed blocks (the logs'
-/// aligned write buffers too) reused without a fresh mapping. glibc's malloc and free profiled
-/// as a fifth to a third of the CPU of the broker's and the load generator's message paths.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
+    sluice_storage::dma::keep_io_buffers_mapped();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => serve_config(args).and_then(sluice_net::broker::serve),

@@ -207,3 +207,15 @@ pub fn wall_clock_ms() -> u64 {
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
 }
+
+/// Tells the C allocator to serve large aligned blocks (the write buffers of every log) from
+/// its heap and to keep freed memory, instead of mapping and unmapping them on every flush: a
+/// fresh mapping costs a page fault per 4 KiB, which profiled as the largest cost of the write
+/// path. Call once at process start.
+pub fn keep_io_buffers_mapped() {
+    // SAFETY: mallopt only changes allocator tunables; it is called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
