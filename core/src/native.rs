@@ -824,6 +824,30 @@ where
         .to_vec()
 }
 
+/// [`to_body`] appended to `out`, serialized in a reused per-thread buffer: no allocation per
+/// body (a PUB_ACK per published message).
+pub fn append_body<T>(value: &T, out: &mut Vec<u8>)
+where
+    T: for<'a> Serialize<
+        rkyv::api::high::HighSerializer<
+            rkyv::util::AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rkyv::rancor::Error,
+        >,
+    >,
+{
+    thread_local! {
+        static SCRATCH: std::cell::Cell<Option<rkyv::util::AlignedVec>> =
+            const { std::cell::Cell::new(None) };
+    }
+    let mut scratch = SCRATCH.take().unwrap_or_default();
+    scratch.clear();
+    let scratch = rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(value, scratch)
+        .expect("archiving into memory cannot fail");
+    out.extend_from_slice(&scratch);
+    SCRATCH.set(Some(scratch));
+}
+
 /// Validates and reads a structured body from untrusted bytes (copied to an aligned buffer
 /// first: frame bodies sit at any offset).
 pub fn from_body<T>(body: &[u8]) -> Result<T, FrameError>
@@ -841,6 +865,29 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn append_body_matches_to_body_and_reuses_nothing_stale() {
+        let long = PubAck {
+            stream: "A-LONGER-STREAM-NAME-THAN-INLINE".into(),
+            seq: u64::MAX - 1,
+            duplicate: true,
+        };
+        let short = PubAck {
+            stream: "S".into(),
+            seq: 7,
+            duplicate: false,
+        };
+        let mut out = b"head".to_vec();
+        append_body(&long, &mut out);
+        let first = out.len();
+        append_body(&short, &mut out);
+        assert_eq!(&out[..4], b"head");
+        assert_eq!(&out[4..first], &to_body(&long)[..]);
+        assert_eq!(&out[first..], &to_body(&short)[..]);
+        assert_eq!(from_body::<PubAck>(&out[first..]).unwrap(), short);
+        assert_eq!(from_body::<PubAck>(&out[4..first]).unwrap(), long);
+    }
 
     #[test]
     fn frames_round_trip_and_split() {

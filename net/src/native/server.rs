@@ -22,9 +22,11 @@ use sluice_storage::notify::Notify;
 use sluice_storage::wall_clock_ms;
 
 use super::pubsub::{self, ConnOut, SubKey};
-use super::streams::Refusal;
+use super::streams::{Published, Refusal};
 use crate::broker::shard::Shard;
 
+/// Bytes one read of a connection asks for.
+const READ_CHUNK_BYTES: usize = 64 << 10;
 /// Requests of one connection being handled at once before reading pauses.
 const IN_FLIGHT_MAX: usize = 4096;
 /// Longest a pull request may wait.
@@ -86,22 +88,24 @@ fn push_frame(out: &mut Vec<u8>, op: u8, status: u16, corr: u32, body: &[u8]) {
 #[derive(Default)]
 struct PubRun {
     stream: String,
-    msgs: Vec<(String, Bytes)>,
+    msgs: Vec<Published>,
     /// Correlation id to acknowledge each message under (0: no answer wanted).
     acks: Vec<u32>,
 }
 
 /// Publishes a run takes before it is stored.
 const PUB_RUN_MAX: usize = 1024;
+/// Room reserved per acknowledgement when a run's answers are encoded.
+const PUB_ACK_FRAME_BYTES: usize = 64;
 
 impl PubRun {
-    fn push(&mut self, conn: &Rc<Conn>, stream: &str, subject: String, batch: Bytes, ack: u32) {
+    fn push(&mut self, conn: &Rc<Conn>, stream: &str, msg: Published, ack: u32) {
         if self.stream != stream {
             self.flush(conn);
             self.stream.clear();
             self.stream.push_str(stream);
         }
-        self.msgs.push((subject, batch));
+        self.msgs.push(msg);
         self.acks.push(ack);
         if self.msgs.len() >= PUB_RUN_MAX {
             self.flush(conn);
@@ -118,12 +122,20 @@ impl PubRun {
         let name = self.stream.clone();
         spawn_n(conn, msgs.len(), async move |c: Rc<Conn>| {
             let answers = super::streams::store_many(&c.shard, name, msgs).await;
-            let mut out = Vec::new();
+            let mut out = Vec::with_capacity(acks.len() * PUB_ACK_FRAME_BYTES);
             for (corr, answer) in acks.into_iter().zip(answers) {
                 match (corr, answer) {
                     (0, _) => {}
                     (corr, Ok(ack)) => {
-                        push_frame(&mut out, op::PUB_ACK, 0, corr, &native::to_body(&ack))
+                        let h = Header {
+                            op: op::PUB_ACK,
+                            flags: 0,
+                            status: 0,
+                            corr,
+                        };
+                        let at = native::begin_frame(&mut out, h);
+                        native::append_body(&ack, &mut out);
+                        native::finish_frame(&mut out, at);
                     }
                     (corr, Err((code, msg))) => {
                         push_frame(&mut out, op::ERROR, code, corr, msg.as_bytes())
@@ -319,19 +331,24 @@ async fn read_loop(
         if shard.is_stopping() {
             return Ok(());
         }
-        buf.reserve(64 << 10);
-        let mut chunk = vec![0u8; 64 << 10];
-        let n = futures_lite::future::or(async { Some(reader.read(&mut chunk).await) }, async {
-            stop.await;
-            None
-        })
+        // Read straight into the buffer frames are split off (no intermediate chunk).
+        let filled = buf.len();
+        buf.resize(filled + READ_CHUNK_BYTES, 0);
+        let n = futures_lite::future::or(
+            async { Some(reader.read(&mut buf[filled..]).await) },
+            async {
+                stop.await;
+                None
+            },
+        )
         .await;
-        match n {
+        let n = match n {
             None => return Ok(()),
             Some(Err(e)) => return Err(e),
             Some(Ok(0)) => return Ok(()),
-            Some(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
-        }
+            Some(Ok(n)) => n,
+        };
+        buf.truncate(filled + n);
     }
 }
 
@@ -481,8 +498,7 @@ fn publish(conn: &Rc<Conn>, h: Header, body: Bytes, run: &mut PubRun) -> Result<
         }
         return Ok(());
     }
-    let subject = p.subject.to_string();
-    let reply = p.reply;
+    let (subject, reply) = (p.subject, p.reply);
     if let Some(rest) = subject.strip_prefix("$FC.") {
         // A push consumer's answer to flow control: $FC.<stream>.<consumer>.<token>.
         let parts: Vec<&str> = rest.split('.').collect();
@@ -504,20 +520,15 @@ fn publish(conn: &Rc<Conn>, h: Header, body: Bytes, run: &mut PubRun) -> Result<
     let batch_start = body.len() - p.batch.len();
     let batch = body.slice(batch_start..);
     let shard = &conn.shard;
-    let delivered = pubsub::route(shard, &subject, reply, None, batch.clone());
+    let delivered = pubsub::route(shard, subject, reply, None, batch.clone());
     let meta = shard.metadata();
-    match meta.stream_for(&subject).map(|s| &s.config.name) {
+    match meta.stream_for(subject).map(|s| &s.config.name) {
         Some(name) => {
             let want_ack = h.flags & flag::ACK != 0 && h.corr != 0;
             // Registered with the stream in arrival order: the run is stored before any other
             // request of this connection is handled, and before the next read.
-            run.push(
-                conn,
-                name,
-                subject,
-                batch,
-                if want_ack { h.corr } else { 0 },
-            );
+            let msg = Published::in_frame(&body, subject, batch);
+            run.push(conn, name, msg, if want_ack { h.corr } else { 0 });
         }
         None => {
             if h.corr != 0 && (h.flags & flag::ACK != 0 || (!reply.is_empty() && delivered == 0)) {

@@ -10,6 +10,7 @@
 //! anything changed, and at shutdown); a crash may lose the last acks, which then causes
 //! redeliveries — never lost messages.
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -168,11 +169,39 @@ pub fn parse_message(bytes: &[u8]) -> Result<Parsed, Refusal> {
 
 /// What a publish needs from its batch: subject, dedup id, expected last sequence, size —
 /// borrowed from the bytes when the batch is uncompressed (the common case).
-struct PubInfo {
-    subject: String,
-    msg_id: Option<String>,
+struct PubInfo<'a> {
+    subject: Cow<'a, str>,
+    msg_id: Option<Cow<'a, str>>,
     expected_last_seq: Option<u64>,
     size: usize,
+}
+
+/// A published message on its way into a stream: its subject and its batch, both views of
+/// the frame it came in (no copy per message).
+pub struct Published {
+    subject: Bytes,
+    pub batch: Bytes,
+}
+
+impl Published {
+    pub fn new(subject: &str, batch: Bytes) -> Published {
+        Published {
+            subject: Bytes::copy_from_slice(subject.as_bytes()),
+            batch,
+        }
+    }
+
+    /// `subject` must be a UTF-8 view into `frame`; the two are kept without a copy.
+    pub fn in_frame(frame: &Bytes, subject: &str, batch: Bytes) -> Published {
+        Published {
+            subject: frame.slice_ref(subject.as_bytes()),
+            batch,
+        }
+    }
+
+    pub fn subject(&self) -> &str {
+        std::str::from_utf8(&self.subject).expect("built from a str")
+    }
 }
 
 /// What admission made of a published message.
@@ -185,15 +214,15 @@ fn store_failed(e: LogError) -> Refusal {
     (status::INTERNAL, format!("storing the message failed: {e}"))
 }
 
-fn pub_info(bytes: &[u8]) -> Result<PubInfo, Refusal> {
+fn pub_info(bytes: &[u8]) -> Result<PubInfo<'_>, Refusal> {
     let bad = |m: String| (status::BAD_REQUEST, m);
     let view = match batch::single_record(bytes) {
         Ok(Some(v)) => v,
         Ok(None) => {
             let p = parse_message(bytes)?;
             return Ok(PubInfo {
-                subject: p.subject,
-                msg_id: p.msg_id,
+                subject: Cow::Owned(p.subject),
+                msg_id: p.msg_id.map(Cow::Owned),
                 expected_last_seq: p.expected_last_seq,
                 size: p.size,
             });
@@ -210,7 +239,7 @@ fn pub_info(bytes: &[u8]) -> Result<PubInfo, Refusal> {
         let v = v.unwrap_or_default();
         size += k.len() + v.len();
         if *k == MSG_ID_HEADER.as_bytes() || *k == b"Nats-Msg-Id" {
-            msg_id = Some(String::from_utf8_lossy(v).into_owned());
+            msg_id = Some(String::from_utf8_lossy(v));
         } else if *k == EXPECTED_LAST_SEQ_HEADER.as_bytes() || *k == b"Nats-Expected-Last-Sequence"
         {
             expected_last_seq = Some(
@@ -227,7 +256,7 @@ fn pub_info(bytes: &[u8]) -> Result<PubInfo, Refusal> {
         }
     }
     Ok(PubInfo {
-        subject: subject.to_string(),
+        subject: Cow::Borrowed(subject),
         msg_id,
         expected_last_seq,
         size,
@@ -358,7 +387,7 @@ impl StreamHome {
 
     /// Stores a published message. The batch is the client's, stored as is.
     pub async fn publish(&self, subject: &str, batch: Bytes) -> Result<PubAck, Refusal> {
-        let msg = [(subject.to_string(), batch)];
+        let msg = [Published::new(subject, batch)];
         let mut answers = self.publish_many(&msg).await;
         answers.pop().expect("one answer per message")
     }
@@ -366,14 +395,15 @@ impl StreamHome {
     /// Stores published messages in order, one answer each. A file stream takes them all into
     /// its log and then waits once, for the last one's durability: one task, one wait and one
     /// wake-up for a publisher's pipelined run instead of one per message.
-    pub async fn publish_many(&self, msgs: &[(String, Bytes)]) -> Vec<Result<PubAck, Refusal>> {
+    pub async fn publish_many(&self, msgs: &[Published]) -> Vec<Result<PubAck, Refusal>> {
         let now = wall_clock_ms() as i64;
         let mut answers = Vec::with_capacity(msgs.len());
         // Messages stored in the stream's state, not yet durable: (index, seq).
         let mut taken: Vec<(usize, u64)> = Vec::with_capacity(msgs.len());
         let mut last_offset = None;
-        for (i, (subject, batch)) in msgs.iter().enumerate() {
-            let seq = match self.admit(now, subject, batch) {
+        for (i, msg) in msgs.iter().enumerate() {
+            let batch = &msg.batch;
+            let seq = match self.admit(now, msg.subject(), batch) {
                 Ok(Admitted::New(seq)) => seq,
                 Ok(Admitted::Duplicate(seq)) => {
                     answers.push(Ok(self.pub_ack(seq, true)));
@@ -432,7 +462,7 @@ impl StreamHome {
                 st.set_visible(seq);
                 // Interest retention keeps a message only while a consumer wants it.
                 if st.retention() == Retention::Interest
-                    && !consumers.values().any(|c| c.needs(seq, &msgs[i].0))
+                    && !consumers.values().any(|c| c.needs(seq, msgs[i].subject()))
                 {
                     st.remove(seq);
                 }
@@ -1193,7 +1223,7 @@ pub async fn store_direct(
     subject: &str,
     batch: Bytes,
 ) -> Result<PubAck, Refusal> {
-    let msgs = vec![(subject.to_string(), batch)];
+    let msgs = vec![Published::new(subject, batch)];
     let mut answers = store_many(shard, name.to_string(), msgs).await;
     answers.pop().expect("one answer per message")
 }
@@ -1203,7 +1233,7 @@ pub async fn store_direct(
 pub async fn store_many(
     shard: &Rc<Shard>,
     name: String,
-    msgs: Vec<(String, Bytes)>,
+    msgs: Vec<Published>,
 ) -> Vec<Result<PubAck, Refusal>> {
     let owner = shard.owner(&name, 0);
     shard
