@@ -808,34 +808,39 @@ pub struct HelloOk {
     pub frame_bytes_max: u32,
 }
 
-/// Archives a structured body.
-pub fn to_body<T>(value: &T) -> Vec<u8>
-where
+/// A structured body's type: archivable with rkyv's high-level serializer.
+pub trait Body:
+    for<'a> Serialize<
+    rkyv::api::high::HighSerializer<
+        rkyv::util::AlignedVec,
+        rkyv::ser::allocator::ArenaHandle<'a>,
+        rkyv::rancor::Error,
+    >,
+>
+{
+}
+
+impl<T> Body for T where
     T: for<'a> Serialize<
         rkyv::api::high::HighSerializer<
             rkyv::util::AlignedVec,
             rkyv::ser::allocator::ArenaHandle<'a>,
             rkyv::rancor::Error,
         >,
-    >,
+    >
 {
-    rkyv::to_bytes::<rkyv::rancor::Error>(value)
-        .expect("archiving into memory cannot fail")
-        .to_vec()
+}
+
+/// Archives a structured body.
+pub fn to_body<T: Body>(value: &T) -> Vec<u8> {
+    let mut out = Vec::new();
+    append_body(value, &mut out);
+    out
 }
 
 /// [`to_body`] appended to `out`, serialized in a reused per-thread buffer: no allocation per
 /// body (a PUB_ACK per published message).
-pub fn append_body<T>(value: &T, out: &mut Vec<u8>)
-where
-    T: for<'a> Serialize<
-        rkyv::api::high::HighSerializer<
-            rkyv::util::AlignedVec,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            rkyv::rancor::Error,
-        >,
-    >,
-{
+pub fn append_body<T: Body>(value: &T, out: &mut Vec<u8>) {
     thread_local! {
         static SCRATCH: std::cell::Cell<Option<rkyv::util::AlignedVec>> =
             const { std::cell::Cell::new(None) };

@@ -54,17 +54,8 @@ struct Conn {
 }
 
 fn frame(op: u8, status: u16, corr: u32, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + body.len());
-    native::encode_frame(
-        &mut out,
-        Header {
-            op,
-            flags: 0,
-            status,
-            corr,
-        },
-        body,
-    );
+    let mut out = Vec::with_capacity(4 + native::HEADER_BYTES + body.len());
+    push_frame(&mut out, op, status, corr, body);
     out
 }
 
