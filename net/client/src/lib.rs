@@ -469,21 +469,15 @@ impl Client {
     }
 
     fn send(&self, op: u8, flags: u8, corr: u32, body: Vec<u8>) -> Result<(), Error> {
+        self.send_frame(frame_of(op, flags, corr, &body))
+    }
+
+    /// Queues one encoded frame for the writer.
+    fn send_frame(&self, frame: Vec<u8>) -> Result<(), Error> {
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        let mut out = Vec::with_capacity(12 + body.len());
-        native::encode_frame(
-            &mut out,
-            Header {
-                op,
-                flags,
-                status: 0,
-                corr,
-            },
-            &body,
-        );
-        self.inner.tx.send(out).map_err(|_| Error::Closed)
+        self.inner.tx.send(frame).map_err(|_| Error::Closed)
     }
 
     /// Registers a waiter for `corr`; fails if the connection is already gone.
@@ -507,10 +501,16 @@ impl Client {
 
     /// Sends a request and waits for its one answer; ERROR frames become `Err`.
     async fn call(&self, op: u8, flags: u8, body: Vec<u8>) -> Result<FrameOut, Error> {
+        self.call_frame(|corr| frame_of(op, flags, corr, &body))
+            .await
+    }
+
+    /// [`Client::call`] of a frame the caller encodes under the correlation id it is given.
+    async fn call_frame(&self, frame: impl FnOnce(u32) -> Vec<u8>) -> Result<FrameOut, Error> {
         let corr = self.corr();
         let (tx, rx) = oneshot::channel();
         self.register(corr, Waiter::Once(tx))?;
-        self.send(op, flags, corr, body)?;
+        self.send_frame(frame(corr))?;
         let f = rx.await.map_err(|_| Error::Closed)?;
         if f.header.op == op::ERROR {
             return Err(server_error(&f));
@@ -534,8 +534,7 @@ impl Client {
         data: &[u8],
         opts: PublishOptions,
     ) -> Result<(), Error> {
-        let body = pub_body(subject, data, &opts);
-        self.send(op::PUB, 0, 0, body)
+        self.send_frame(pub_frame(0, 0, subject, data, &opts))
     }
 
     /// Publishes to a stream and waits for it to be stored (PubAck), or for the refusal.
@@ -545,8 +544,9 @@ impl Client {
         data: &[u8],
         opts: PublishOptions,
     ) -> Result<PubAck, Error> {
-        let body = pub_body(subject, data, &opts);
-        let f = self.call(op::PUB, flag::ACK, body).await?;
+        let f = self
+            .call_frame(|corr| pub_frame(flag::ACK, corr, subject, data, &opts))
+            .await?;
         native::from_body::<PubAck>(&f.body).map_err(|e| Error::Protocol(e.0))
     }
 
@@ -621,7 +621,7 @@ impl Client {
         let corr = self.corr();
         let (etx, erx) = oneshot::channel();
         self.register(corr, Waiter::Once(etx))?;
-        self.send(op::PUB, 0, corr, pub_body(subject, data, &opts))?;
+        self.send_frame(pub_frame(0, corr, subject, data, &opts))?;
         let result = tokio::time::timeout(timeout, async {
             tokio::select! {
                 m = rx => m.map_err(|_| Error::Closed),
@@ -836,7 +836,21 @@ fn unexpected(r: AdminResponse) -> Error {
     Error::Protocol(format!("unexpected answer {r:?}"))
 }
 
-fn pub_body(subject: &str, data: &[u8], opts: &PublishOptions) -> Vec<u8> {
+/// One frame of a request: header and body in one buffer.
+fn frame_of(op: u8, flags: u8, corr: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + native::HEADER_BYTES + body.len());
+    let h = Header {
+        op,
+        flags,
+        status: 0,
+        corr,
+    };
+    native::encode_frame(&mut out, h, body);
+    out
+}
+
+/// A PUB frame, its body encoded in place after the header (one buffer per publish).
+fn pub_frame(flags: u8, corr: u32, subject: &str, data: &[u8], opts: &PublishOptions) -> Vec<u8> {
     let mut headers = opts.headers.clone();
     if let Some(id) = &opts.msg_id {
         headers.push((MSG_ID_HEADER.into(), id.clone().into_bytes()));
@@ -845,12 +859,23 @@ fn pub_body(subject: &str, data: &[u8], opts: &PublishOptions) -> Vec<u8> {
         headers.push((EXPECTED_LAST_SEQ_HEADER.into(), s.to_string().into_bytes()));
     }
     let batch = message_batch(subject, &headers, data);
-    let mut body = Vec::with_capacity(8 + subject.len() + batch.len());
+    let reply = opts.reply.as_deref().unwrap_or("");
+    let mut out = Vec::with_capacity(
+        4 + native::HEADER_BYTES + 4 + subject.len() + reply.len() + batch.len(),
+    );
+    let h = Header {
+        op: op::PUB,
+        flags,
+        status: 0,
+        corr,
+    };
+    let at = native::begin_frame(&mut out, h);
     Pub {
         subject,
-        reply: opts.reply.as_deref().unwrap_or(""),
+        reply,
         batch: &batch,
     }
-    .encode(&mut body);
-    body
+    .encode(&mut out);
+    native::finish_frame(&mut out, at);
+    out
 }
