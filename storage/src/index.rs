@@ -67,6 +67,16 @@ impl SegmentIndex {
         }
     }
 
+    /// When a batch starting exactly at relative offset `rel` is indexed: its position, and
+    /// the position of the next indexed batch (where it ends at the latest), if any.
+    pub fn batch_at(&self, rel: u32) -> Option<(u32, Option<u32>)> {
+        let i = self.offsets.partition_point(|&(o, _)| o < rel);
+        match self.offsets.get(i) {
+            Some(&(o, pos)) if o == rel => Some((pos, self.offsets.get(i + 1).map(|e| e.1))),
+            _ => None,
+        }
+    }
+
     /// Relative offset to start scanning at for the first record with timestamp >= `ts`: every
     /// batch before the returned one has only smaller timestamps.
     pub fn offset_for_timestamp(&self, ts: i64) -> u32 {
@@ -212,6 +222,12 @@ mod tests {
         assert_eq!(idx.position_for(49), 0);
         assert_eq!(idx.position_for(50), 5000);
         assert_eq!(idx.position_for(57), 5000);
+        assert_eq!(idx.batch_at(50), Some((5000, Some(10_000))));
+        assert_eq!(idx.batch_at(0), Some((0, Some(5000))));
+        assert_eq!(idx.batch_at(57), None);
+        assert_eq!(idx.batch_at(10), None, "a batch, but not indexed");
+        let last = *idx.offsets.last().unwrap();
+        assert_eq!(idx.batch_at(last.0), Some((last.1, None)));
         assert_eq!(idx.offset_for_timestamp(i64::MIN), 0);
         let last = *idx.times.last().unwrap();
         assert!(idx.offset_for_timestamp(last.0 + 1) == last.1);

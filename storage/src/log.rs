@@ -717,6 +717,18 @@ impl<D: Disk> Log<D> {
             };
             // In the active segment only the acknowledged bytes may be sent.
             let limit = plan.acked_limit.unwrap_or(plan.limit);
+            // A consumer's next fetch usually starts at an indexed batch: when that batch
+            // surely fits in `max_bytes`, the region is known without reading a header from
+            // the device (the batch starts at `from` < acked, so it lies within `limit`).
+            if let Some(end_max) = plan.first_batch_end_max {
+                if limit > plan.pos && end_max.min(limit) - plan.pos <= max_bytes as u64 {
+                    return Ok(Some(FileRegion {
+                        path: plan.path,
+                        pos: plan.pos,
+                        len: (max_bytes as u64).min(limit - plan.pos),
+                    }));
+                }
+            }
             let mut walker = HeaderWalker::new(&*plan.file, &plan.path, plan.pos, limit);
             while let Some((h, pos)) = walker.next().await? {
                 if h.base_offset >= acked {
@@ -1348,10 +1360,16 @@ impl<D: Disk> Log<D> {
         let st = self.state.borrow();
         let (_, seg) = st.segments.range(..=from).next_back()?;
         let active = seg.base == st.active().base;
+        let rel = (from - seg.base) as u32;
+        let (pos, first_batch_end_max) = match seg.index.batch_at(rel) {
+            Some((pos, next)) => (pos as u64, Some(next.map_or(seg.size, u64::from))),
+            None => (seg.index.position_for(rel) as u64, None),
+        };
         Some(ReadPlan {
             file: seg.file.clone(),
             path: segment_path(&self.dir, seg.base, "log"),
-            pos: seg.index.position_for((from - seg.base) as u32) as u64,
+            pos,
+            first_batch_end_max,
             limit: seg.size,
             acked_limit: active.then(|| st.acked_pos(self.config.get().fsync)),
             segment_end: seg.next_offset,
@@ -1423,6 +1441,9 @@ struct ReadPlan<F> {
     file: Rc<F>,
     path: PathBuf,
     pos: u64,
+    /// Set when the batch at `pos` starts exactly at the planned offset (an indexed batch):
+    /// where that batch ends at the latest (the next indexed batch, else the segment's end).
+    first_batch_end_max: Option<u64>,
     limit: u64,
     /// For the active segment: where its acknowledged bytes end.
     acked_limit: Option<u64>,

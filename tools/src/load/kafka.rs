@@ -12,7 +12,6 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
-use rdkafka::message::Message;
 use rdkafka::producer::{Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -257,9 +256,22 @@ fn enqueue(
     }
 }
 
-/// Consumers: one thread each polling librdkafka's consumer queue (a plain
-/// `rd_kafka_consumer_poll` per message, no future per message), reading until `expect`
-/// messages arrived in total.
+/// Messages taken from librdkafka's consumer queue per `rd_kafka_consume_batch_queue` call.
+const CONSUME_BATCH: usize = 1024;
+
+/// librdkafka's consumer queue of a client (`rd_kafka_queue_t`), released on drop.
+struct RawQueue(*mut rdsys::rd_kafka_queue_t);
+
+impl Drop for RawQueue {
+    fn drop(&mut self) {
+        // SAFETY: from rd_kafka_queue_get_consumer, released exactly once, before the client.
+        unsafe { rdsys::rd_kafka_queue_destroy(self.0) }
+    }
+}
+
+/// Consumers: one thread each draining librdkafka's consumer queue a batch at a time
+/// (`rd_kafka_consume_batch_queue`: one queue lock and wake-up per batch, not per message;
+/// no clock read per message), reading until `expect` messages arrived in total.
 pub async fn consume(
     addr: &str,
     w: &Workload,
@@ -292,37 +304,74 @@ pub async fn consume(
         c.assign(&tpl).map_err(|e| e.to_string())?;
         let (stats, got, expect) = (stats.clone(), got.clone(), expect.clone());
         threads.push(tokio::task::spawn_blocking(move || {
+            // SAFETY: the client outlives the queue handle (dropped first, below).
+            let queue =
+                RawQueue(unsafe { rdsys::rd_kafka_queue_get_consumer(c.client().native_ptr()) });
+            let mut batch: Vec<*mut rdsys::rd_kafka_message_t> =
+                vec![std::ptr::null_mut(); CONSUME_BATCH];
             let mut receipts = Receipts::new(now_ns(), e2e);
             let mut progress = Instant::now();
             while got.load(Ordering::Relaxed) < expect.load(Ordering::Relaxed) {
-                // Waits only when nothing is queued (after recording what was received).
-                let m = match c.poll(Duration::ZERO) {
-                    None => {
-                        receipts.flush(&stats);
-                        c.poll(Duration::from_millis(100))
-                    }
-                    m => m,
+                // What is queued now, without waiting (the call waits for a whole batch when
+                // given a timeout); when nothing is, wait for one message (up to 100 ms).
+                // SAFETY: `batch` has room for CONSUME_BATCH pointers; librdkafka fills the
+                // first `taken` and hands their ownership to us.
+                let mut taken = unsafe {
+                    rdsys::rd_kafka_consume_batch_queue(
+                        queue.0,
+                        0,
+                        batch.as_mut_ptr(),
+                        CONSUME_BATCH,
+                    )
                 };
-                match m {
-                    Some(Ok(m)) => {
-                        receipts.add(m.payload().unwrap_or_default());
-                        if receipts.len() >= RECEIPTS_BATCH {
-                            receipts.flush(&stats);
-                        }
-                        got.fetch_add(1, Ordering::Relaxed);
-                        progress = Instant::now();
+                if taken == 0 {
+                    receipts.flush(&stats);
+                    // SAFETY: as above, room for one.
+                    taken = unsafe {
+                        rdsys::rd_kafka_consume_batch_queue(queue.0, 100, batch.as_mut_ptr(), 1)
+                    };
+                }
+                if taken < 0 {
+                    stats.error();
+                    break;
+                }
+                let mut received = 0u64;
+                for &m in &batch[..taken as usize] {
+                    // SAFETY: a message librdkafka handed us, destroyed exactly once below.
+                    let msg = unsafe { &*m };
+                    if msg.err == rdsys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+                        let data = if msg.payload.is_null() {
+                            &[][..]
+                        } else {
+                            // SAFETY: librdkafka's payload pointer and length, valid until
+                            // the message is destroyed.
+                            unsafe { std::slice::from_raw_parts(msg.payload as *const u8, msg.len) }
+                        };
+                        receipts.add(data);
+                        received += 1;
+                    } else {
+                        stats.error();
                     }
-                    Some(Err(_)) => stats.error(),
-                    None => {}
+                    // SAFETY: see above.
+                    unsafe { rdsys::rd_kafka_message_destroy(m) };
+                }
+                if received > 0 {
+                    got.fetch_add(received, Ordering::Relaxed);
+                    progress = Instant::now();
+                }
+                if receipts.len() >= RECEIPTS_BATCH {
+                    receipts.flush(&stats);
                 }
                 // librdkafka retries a dead broker forever: give up rather than hang the run.
-                if progress.elapsed() > CONSUME_STALL {
+                if received == 0 && progress.elapsed() > CONSUME_STALL {
                     eprintln!("kafka consumer: nothing received for {CONSUME_STALL:?}, giving up");
                     stats.error();
                     break;
                 }
             }
             receipts.flush(&stats);
+            drop(queue);
+            drop(c);
         }));
     }
     for t in threads {
