@@ -8,10 +8,11 @@
 //! keeps the bytes until retention drops the segment, the stream forgets the sequence.
 
 use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::native::{Discard, PurgeRequest, Retention, StreamConfig, StreamState};
+use crate::seq_table::{SeqTable, Slot};
 use crate::subject;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +20,17 @@ struct Entry {
     subject: u32,
     size: u32,
     ts_ms: i64,
+}
+
+impl Slot for Entry {
+    const EMPTY: Entry = Entry {
+        subject: u32::MAX,
+        size: 0,
+        ts_ms: 0,
+    };
+    fn is_empty_slot(&self) -> bool {
+        self.subject == u32::MAX
+    }
 }
 
 /// Why a publish is refused, or that it is a duplicate.
@@ -44,7 +56,8 @@ pub struct Stream {
     /// pipelining) and becomes visible once durable.
     visible: u64,
     last_ts_ms: i64,
-    msgs: BTreeMap<u64, Entry>,
+    /// Live sequences: 16 bytes each (see [`SeqTable`]).
+    msgs: SeqTable<Entry>,
     bytes: u64,
     subject_ids: HashMap<Box<str>, u32>,
     subject_names: Vec<Arc<str>>,
@@ -134,15 +147,11 @@ impl Stream {
 
     /// First live sequence, or `last_seq + 1` when empty.
     pub fn first_seq(&self) -> u64 {
-        self.msgs
-            .keys()
-            .next()
-            .copied()
-            .unwrap_or(self.last_seq + 1)
+        self.msgs.first().unwrap_or(self.last_seq + 1)
     }
 
     pub fn len(&self) -> u64 {
-        self.msgs.len() as u64
+        self.msgs.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -150,29 +159,29 @@ impl Stream {
     }
 
     pub fn contains(&self, seq: u64) -> bool {
-        self.msgs.contains_key(&seq)
+        self.msgs.contains(seq)
     }
 
     pub fn subject_of(&self, seq: u64) -> Option<&str> {
         self.msgs
-            .get(&seq)
+            .get(seq)
             .map(|e| &*self.subject_names[e.subject as usize])
     }
 
     /// A stored message's subject (shared), timestamp and size, in one lookup.
     pub fn message_info(&self, seq: u64) -> Option<(&Arc<str>, i64, u32)> {
         self.msgs
-            .get(&seq)
+            .get(seq)
             .map(|e| (&self.subject_names[e.subject as usize], e.ts_ms, e.size))
     }
 
     /// The message's size as the limits count it (subject + headers + payload).
     pub fn size_of(&self, seq: u64) -> Option<u32> {
-        self.msgs.get(&seq).map(|e| e.size)
+        self.msgs.get(seq).map(|e| e.size)
     }
 
     pub fn timestamp_of(&self, seq: u64) -> Option<i64> {
-        self.msgs.get(&seq).map(|e| e.ts_ms)
+        self.msgs.get(seq).map(|e| e.ts_ms)
     }
 
     /// Should a publish be stored? `expected_last_seq` is JetStream's
@@ -290,7 +299,7 @@ impl Stream {
             while (max_msgs > 0 && self.len() > max_msgs as u64)
                 || (max_bytes > 0 && self.bytes > max_bytes as u64 && self.len() > 1)
             {
-                let first = *self.msgs.keys().next().expect("non-empty");
+                let first = self.msgs.first().expect("non-empty");
                 self.remove(first);
                 doomed.push(first);
             }
@@ -314,16 +323,16 @@ impl Stream {
 
     /// Forgets one message; false if it was not live.
     pub fn remove(&mut self, seq: u64) -> bool {
-        let Some(e) = self.msgs.remove(&seq) else {
+        let Some(e) = self.msgs.remove(seq) else {
             return false;
         };
         self.removal_log
             .push((seq, Box::from(&*self.subject_names[e.subject as usize])));
-        match self.msgs.keys().next() {
-            Some(&first) if first < seq => {
+        match self.msgs.first() {
+            Some(first) if first < seq => {
                 self.interior_deleted.insert(seq);
             }
-            Some(&first) => {
+            Some(first) => {
                 // The first live message moved up: deletes below it are no longer interior.
                 self.interior_deleted = self.interior_deleted.split_off(&first);
             }
@@ -365,7 +374,7 @@ impl Stream {
             return out;
         }
         let cutoff = now_ms - self.config.max_age_ms as i64;
-        while let Some((&seq, e)) = self.msgs.iter().next() {
+        while let Some((seq, e)) = self.msgs.iter().next() {
             if e.ts_ms > cutoff {
                 break;
             }
@@ -378,7 +387,7 @@ impl Stream {
     /// Removes what a purge asks for; returns the removed sequences.
     pub fn purge(&mut self, req: &PurgeRequest) -> Vec<u64> {
         let mut victims: Vec<u64> = if req.filter.is_empty() {
-            self.msgs.keys().copied().collect()
+            self.msgs.iter().map(|(s, _)| s).collect()
         } else {
             let ids: Vec<u32> = self.matching_subject_ids(std::slice::from_ref(&req.filter));
             let mut v: Vec<u64> = ids
@@ -446,9 +455,9 @@ impl Stream {
         if filters.is_empty() {
             return self
                 .msgs
-                .range(from..)
+                .range(from)
                 .next()
-                .map(|(s, _)| *s)
+                .map(|(s, _)| s)
                 .filter(|s| *s <= visible);
         }
         let indexed = if filters.iter().all(|f| subject::is_literal(f)) {
@@ -467,13 +476,13 @@ impl Stream {
                 .min();
         }
         self.msgs
-            .range(from..)
-            .take_while(|(s, _)| **s <= visible)
+            .range(from)
+            .take_while(|(s, _)| *s <= visible)
             .find(|(_, e)| {
                 let name = &self.subject_names[e.subject as usize];
                 filters.iter().any(|f| subject::matches(f, name))
             })
-            .map(|(s, _)| *s)
+            .map(|(s, _)| s)
     }
 
     /// Live messages ≥ `from` matching `filters` (consumer info's num_pending).
@@ -530,7 +539,7 @@ impl Stream {
         self.msgs
             .iter()
             .find(|(_, e)| e.ts_ms >= ts_ms)
-            .map(|(s, _)| *s)
+            .map(|(s, _)| s)
             .unwrap_or(self.last_seq + 1)
     }
 
@@ -555,7 +564,7 @@ impl Stream {
             messages: self.len(),
             bytes: self.bytes,
             first_seq: first,
-            first_ts_ms: self.msgs.values().next().map_or(0, |e| e.ts_ms),
+            first_ts_ms: self.msgs.iter().next().map_or(0, |(_, e)| e.ts_ms),
             last_seq: self.last_seq,
             last_ts_ms: self.last_ts_ms,
             num_deleted: self.interior_deleted.len() as u64,
