@@ -364,6 +364,7 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
                 "p999_ms": r.pct(99.9),
                 "cpu_s": r.cpu_s,
                 "rss_kib_max": r.rss_kib_max,
+                "steal_pct": r.steal_pct,
             });
         }
         let out = json!({
@@ -394,12 +395,21 @@ fn print_table(runs: &[Report], fio: f64, iperf: Option<f64>) {
         ))
     );
     println!(
-        "{:<8} {:<14} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9}",
-        "workload", "system", "msgs/s", "MB/s", "p50 ms", "p99 ms", "p99.9 ms", "CPU s", "RSS MiB"
+        "{:<8} {:<14} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7}",
+        "workload",
+        "system",
+        "msgs/s",
+        "MB/s",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "CPU s",
+        "RSS MiB",
+        "steal %"
     );
     for r in runs {
         println!(
-            "{:<8} {:<14} {:>11.0} {:>9.1} {:>9.3} {:>9.3} {:>9.3} {:>8.1} {:>9}",
+            "{:<8} {:<14} {:>11.0} {:>9.1} {:>9.3} {:>9.3} {:>9.3} {:>8.1} {:>9} {:>7.1}",
             r.workload,
             r.system,
             r.msgs_per_s(),
@@ -408,7 +418,8 @@ fn print_table(runs: &[Report], fio: f64, iperf: Option<f64>) {
             r.pct(99.0),
             r.pct(99.9),
             r.cpu_s.unwrap_or(0.0),
-            r.rss_kib_max.map_or(0, |k| k / 1024)
+            r.rss_kib_max.map_or(0, |k| k / 1024),
+            r.steal_pct.unwrap_or(0.0)
         );
     }
     let find = |w: &str, s: &str| runs.iter().find(|r| r.workload == w && r.system == s);

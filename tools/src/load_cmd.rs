@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::load::{self, ProcWatch, Report, Stats, Target, Workload};
+use crate::load::{self, ProcWatch, Report, Stats, Steal, Target, Workload};
 
 #[derive(clap::Args, Clone)]
 pub struct LoadArgs {
@@ -198,6 +198,7 @@ pub async fn run(
     match mode {
         "produce" => {
             let watch = broker_pid.map(ProcWatch::start);
+            let steal = Steal::start();
             let stats = Stats::new(w.warmup);
             let progress = stats.progress(format!("{system} produce"));
             let t0 = Instant::now();
@@ -213,6 +214,7 @@ pub async fn run(
                 &stats,
                 elapsed,
                 watch.map(|x| x.finish()),
+                steal.pct(),
             ))
         }
         "consume" => {
@@ -234,6 +236,7 @@ pub async fn run(
             r?;
             let expect = Arc::new(AtomicU64::new(filled.messages.load(Ordering::Relaxed)));
             let watch = broker_pid.map(ProcWatch::start);
+            let steal = Steal::start();
             let stats = Stats::new(Duration::ZERO);
             let progress = stats.progress(format!("{system} consume"));
             let t0 = Instant::now();
@@ -249,10 +252,12 @@ pub async fn run(
                 &stats,
                 elapsed,
                 watch.map(|x| x.finish()),
+                steal.pct(),
             ))
         }
         "e2e" => {
             let watch = broker_pid.map(ProcWatch::start);
+            let steal = Steal::start();
             let stats = Stats::new(w.warmup);
             let sent = Stats::new(w.warmup);
             let progress = stats.progress(format!("{system} e2e"));
@@ -284,6 +289,7 @@ pub async fn run(
                 &stats,
                 elapsed,
                 watch.map(|x| x.finish()),
+                steal.pct(),
             ))
         }
         other => Err(format!("unknown mode {other}")),

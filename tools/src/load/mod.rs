@@ -299,6 +299,50 @@ impl ProcWatch {
     }
 }
 
+/// The hypervisor's share of this machine's CPU time (steal) over a run: on a shared virtual
+/// machine, time the vCPUs were runnable but not running. Stolen stretches of milliseconds
+/// land in the latency tail of whatever was in flight, so every report states it.
+pub struct Steal {
+    ticks: u64,
+    at: Instant,
+}
+
+/// (steal ticks summed over CPUs, number of CPUs) from /proc/stat.
+fn steal_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let (mut ticks, mut cpus) = (0, 0);
+    for l in stat.lines() {
+        let mut f = l.split_whitespace();
+        match f.next() {
+            Some(c) if c.starts_with("cpu") && c.len() > 3 => {
+                // user nice system idle iowait irq softirq steal
+                ticks += f.nth(7)?.parse::<u64>().ok()?;
+                cpus += 1;
+            }
+            _ => {}
+        }
+    }
+    (cpus > 0).then_some((ticks, cpus))
+}
+
+impl Steal {
+    pub fn start() -> Steal {
+        Steal {
+            ticks: steal_ticks().map_or(0, |t| t.0),
+            at: Instant::now(),
+        }
+    }
+
+    /// Percent of all CPUs' time stolen since `start`.
+    pub fn pct(&self) -> Option<f64> {
+        let (ticks, cpus) = steal_ticks()?;
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let stolen = ticks.saturating_sub(self.ticks) as f64 / hz;
+        Some(100.0 * stolen / (self.at.elapsed().as_secs_f64() * cpus as f64).max(1e-9))
+    }
+}
+
 /// What a run measured.
 #[derive(Debug, Clone)]
 pub struct Report {
@@ -316,6 +360,8 @@ pub struct Report {
     pub series_max_ms: Vec<f64>,
     pub cpu_s: Option<f64>,
     pub rss_kib_max: Option<u64>,
+    /// Percent of the machine's CPU time taken by the hypervisor during the run.
+    pub steal_pct: Option<f64>,
 }
 
 pub const PERCENTILES: [f64; 5] = [50.0, 90.0, 99.0, 99.9, 99.99];
@@ -328,6 +374,7 @@ impl Report {
         stats: &Stats,
         measured: Duration,
         proc_stats: Option<(f64, u64)>,
+        steal_pct: Option<f64>,
     ) -> Report {
         let h = stats.latency_us.lock().unwrap();
         let series = stats.series.lock().unwrap();
@@ -346,6 +393,7 @@ impl Report {
             series_max_ms: series.iter().map(|s| s.max_us as f64 / 1000.0).collect(),
             cpu_s: proc_stats.map(|p| p.0),
             rss_kib_max: proc_stats.map(|p| p.1),
+            steal_pct,
         }
     }
 
@@ -405,6 +453,9 @@ impl Report {
                 rss / 1024
             );
         }
+        if let Some(st) = self.steal_pct {
+            println!("  cpu steal (hypervisor): {st:.1}% of the machine's CPU time");
+        }
     }
 
     pub fn to_json(&self) -> Value {
@@ -426,6 +477,7 @@ impl Report {
             "max_ms": self.max_ms,
             "cpu_s": self.cpu_s,
             "rss_kib_max": self.rss_kib_max,
+            "steal_pct": self.steal_pct,
             "series_msgs_per_s": self.series,
             "series_max_ms": self.series_max_ms,
         })
@@ -463,6 +515,7 @@ impl Report {
                 .unwrap_or_default(),
             cpu_s: f("cpu_s"),
             rss_kib_max: v.get("rss_kib_max").and_then(|x| x.as_u64()),
+            steal_pct: f("steal_pct"),
         })
     }
 }
@@ -695,6 +748,7 @@ mod tests {
             &stats,
             Duration::from_secs(2),
             Some((1.5, 2048)),
+            Some(3.25),
         );
         assert_eq!((r.messages, r.bytes), (100, 102_400));
         assert!((r.msgs_per_s() - 50.0).abs() < 1e-9);
@@ -702,8 +756,13 @@ mod tests {
         assert!((r.pct(99.0) - 99.0).abs() < 0.1);
         let back = Report::from_json(&r.to_json()).unwrap();
         assert_eq!(
-            (back.messages, back.system.as_str(), back.rss_kib_max),
-            (100, "sys", Some(2048))
+            (
+                back.messages,
+                back.system.as_str(),
+                back.rss_kib_max,
+                back.steal_pct
+            ),
+            (100, "sys", Some(2048), Some(3.25))
         );
         let svg = chart::svg("t", &[r, back]);
         assert!(
@@ -711,6 +770,14 @@ mod tests {
                 && svg.contains("polyline")
                 && svg.trim_end().ends_with("</svg>")
         );
+    }
+
+    #[test]
+    fn steal_is_read_from_proc_stat() {
+        let s = Steal::start();
+        std::thread::sleep(Duration::from_millis(20));
+        let pct = s.pct().expect("/proc/stat has per-CPU lines");
+        assert!((0.0..=100.0).contains(&pct), "{pct}");
     }
 
     #[test]
@@ -726,7 +793,7 @@ mod tests {
         let stats = Stats::new(Duration::ZERO);
         stats.record_many(30, &[2_000_000, 9_000_000, 1_000_000]);
         stats.record(10, 4_000_000);
-        let r = Report::from_stats("w", "e2e", "s", &stats, Duration::from_secs(1), None);
+        let r = Report::from_stats("w", "e2e", "s", &stats, Duration::from_secs(1), None, None);
         assert_eq!(r.series_max_ms, vec![9.0]);
         let back = Report::from_json(&r.to_json()).unwrap();
         assert_eq!(back.series_max_ms, vec![9.0]);
