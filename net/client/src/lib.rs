@@ -318,6 +318,46 @@ fn server_error(f: &Frame) -> Error {
     }
 }
 
+/// At most this many queued frames, or bytes, go out in one write.
+const WRITE_FRAMES_MAX: usize = 1024;
+const WRITE_BYTES_MAX: usize = 256 << 10;
+
+/// Writes `frames` back to back with vectored writes, resuming after partial writes.
+async fn write_frames(
+    wr: &mut (impl tokio::io::AsyncWrite + Unpin),
+    frames: &[Vec<u8>],
+) -> std::io::Result<()> {
+    use std::io::IoSlice;
+    let (mut i, mut off) = (0, 0);
+    while i < frames.len() {
+        let slices: Vec<IoSlice<'_>> = std::iter::once(&frames[i][off..])
+            .chain(frames[i + 1..].iter().map(|f| &f[..]))
+            .map(IoSlice::new)
+            .collect();
+        let mut n = wr.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let rest = frames[i].len() - off;
+            if n >= rest {
+                n -= rest;
+                i += 1;
+                off = 0;
+            } else {
+                off += n;
+                n = 0;
+            }
+        }
+        // Frames written whole (including empty ones) are skipped.
+        while i < frames.len() && off == frames[i].len() {
+            i += 1;
+            off = 0;
+        }
+    }
+    Ok(())
+}
+
 impl Client {
     /// Connects and says HELLO.
     pub async fn connect(addr: &str) -> Result<Client, Error> {
@@ -326,17 +366,22 @@ impl Client {
         let (mut rd, mut wr) = stream.into_split();
         let (tx, mut rx) = mpsc::unbounded_channel::<Vec<u8>>();
         tokio::spawn(async move {
-            let mut buf = Vec::with_capacity(64 << 10);
+            // Frames queued meanwhile go out together, in one vectored write (no copy).
+            let mut frames: Vec<Vec<u8>> = Vec::with_capacity(WRITE_FRAMES_MAX);
             while let Some(f) = rx.recv().await {
-                buf.clear();
-                buf.extend_from_slice(&f);
-                while buf.len() < (256 << 10) {
+                frames.clear();
+                let mut bytes = f.len();
+                frames.push(f);
+                while bytes < WRITE_BYTES_MAX && frames.len() < WRITE_FRAMES_MAX {
                     match rx.try_recv() {
-                        Ok(more) => buf.extend_from_slice(&more),
+                        Ok(more) => {
+                            bytes += more.len();
+                            frames.push(more);
+                        }
                         Err(_) => break,
                     }
                 }
-                if wr.write_all(&buf).await.is_err() {
+                if write_frames(&mut wr, &frames).await.is_err() {
                     break;
                 }
             }
@@ -878,4 +923,74 @@ fn pub_frame(flags: u8, corr: u32, subject: &str, data: &[u8], opts: &PublishOpt
     .encode(&mut out);
     native::finish_frame(&mut out, at);
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    /// Accepts at most `chunk` bytes per call, from the first buffers only.
+    struct Trickle {
+        out: Vec<u8>,
+        chunk: usize,
+    }
+
+    impl tokio::io::AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let n = buf.len().min(self.chunk);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_write_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &[std::io::IoSlice<'_>],
+        ) -> Poll<std::io::Result<usize>> {
+            let mut n = 0;
+            for b in bufs {
+                let take = b.len().min(self.chunk - n);
+                self.out.extend_from_slice(&b[..take]);
+                n += take;
+                if n == self.chunk {
+                    break;
+                }
+            }
+            Poll::Ready(Ok(n))
+        }
+
+        fn is_write_vectored(&self) -> bool {
+            true
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn frames_are_written_whole_and_in_order_across_partial_writes() {
+        let frames: Vec<Vec<u8>> = (0..50u8)
+            .map(|i| vec![i; (i as usize * 37) % 300])
+            .collect();
+        let want: Vec<u8> = frames.concat();
+        for chunk in [1, 7, 64, 299, 300, 301, 100_000] {
+            let mut w = Trickle {
+                out: Vec::new(),
+                chunk,
+            };
+            write_frames(&mut w, &frames).await.unwrap();
+            assert_eq!(w.out, want, "chunk {chunk}");
+        }
+    }
 }

@@ -167,6 +167,7 @@ impl Stats {
     }
 
     /// One message completed (acked or received) with `latency_ns`.
+    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
     pub fn record(&self, bytes: usize, latency_ns: u64) {
         self.record_many(bytes as u64, &[latency_ns]);
     }
@@ -597,13 +598,19 @@ where
         tasks.push(tokio::spawn(async move {
             let pacer = Pacer::new(&w);
             let mut pending = FuturesUnordered::new();
+            // Acks are added to the stats a batch at a time (one clock read and lock per
+            // batch): whenever nothing else is ready, and every ACKS_BATCH acks.
+            let mut acks = Acks::default();
             let mut i = 0u64;
             loop {
                 if should_stop(&w, started, &sent) {
                     break;
                 }
                 while pending.len() >= w.in_flight.max(1) {
-                    pending.next().await;
+                    acks.flush(&stats);
+                    if let Some(a) = pending.next().await {
+                        acks.add(a, &stats);
+                    }
                 }
                 let n = sent.fetch_add(1, Ordering::Relaxed);
                 if w.duration.is_none() && n >= w.count {
@@ -613,7 +620,7 @@ where
                 let intended = loop {
                     tokio::select! {
                         biased;
-                        Some(()) = pending.next(), if !pending.is_empty() => {}
+                        Some(a) = pending.next(), if !pending.is_empty() => acks.add(a, &stats),
                         t = pacer.wait(i) => break t,
                     }
                 };
@@ -623,27 +630,59 @@ where
                     (n + p as u64) % w.partitions.max(1) as u64
                 );
                 let data = payload(w.message_bytes, n, intended);
-                let (len, stats, ack) = (
-                    data.len(),
-                    stats.clone(),
-                    send(client.clone(), subject, data),
-                );
-                pending.push(async move {
-                    match ack.await {
-                        Ok(()) => stats.record(len, now_ns() - intended),
-                        Err(()) => stats.error(),
-                    }
-                });
-                while let Some(Some(())) = futures::FutureExt::now_or_never(pending.next()) {}
+                let (len, ack) = (data.len(), send(client.clone(), subject, data));
+                pending.push(async move { ack.await.ok().map(|()| (len, now_ns() - intended)) });
+                while let Some(Some(a)) = futures::FutureExt::now_or_never(pending.next()) {
+                    acks.add(a, &stats);
+                }
+                if w.rate > 0.0 {
+                    // Paced runs wait between messages: their acks are recorded before.
+                    acks.flush(&stats);
+                }
                 i += 1;
             }
-            while pending.next().await.is_some() {}
+            while let Some(a) = pending.next().await {
+                acks.add(a, &stats);
+            }
+            acks.flush(&stats);
         }));
     }
     for t in tasks {
         t.await.map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// Acks a producer task gathers before adding them to its stats.
+const ACKS_BATCH: usize = 256;
+
+/// A producer task's acks not yet added to its [`Stats`]: latencies and bytes.
+#[derive(Default)]
+struct Acks {
+    latencies: Vec<u64>,
+    bytes: u64,
+}
+
+impl Acks {
+    /// One publish's outcome: `Some((bytes, latency ns))` when acknowledged, `None` on error.
+    fn add(&mut self, outcome: Option<(usize, u64)>, stats: &Stats) {
+        match outcome {
+            Some((len, latency)) => {
+                self.bytes += len as u64;
+                self.latencies.push(latency);
+                if self.latencies.len() >= ACKS_BATCH {
+                    self.flush(stats);
+                }
+            }
+            None => stats.error(),
+        }
+    }
+
+    fn flush(&mut self, stats: &Stats) {
+        stats.record_many(self.bytes, &self.latencies);
+        self.latencies.clear();
+        self.bytes = 0;
+    }
 }
 
 /// Receipts a per-message consumer loop gathers before adding them to its stats.
