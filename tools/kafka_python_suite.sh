@@ -48,7 +48,10 @@ port=$("$py/python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)
 target/debug/sluice serve --data-dir "$data" --kafka-listen "127.0.0.1:$port" --native-listen off \
     --num-partitions 4 --group-min-session-timeout-ms 1000 > "$data.stdout" 2> "$data.log" &
 broker=$!
-trap 'kill $broker 2>/dev/null; wait $broker 2>/dev/null; rm -rf "$data" "$data.stdout" "$data.log"' EXIT
+# On a failure the broker's log goes to the output (a timing failure is otherwise undiagnosable).
+trap 'rc=$?; kill $broker 2>/dev/null; wait $broker 2>/dev/null
+      if [ $rc -ne 0 ]; then echo "== sluice log (last 100 lines)"; tail -n 100 "$data.log"; fi
+      rm -rf "$data" "$data.stdout" "$data.log"' EXIT
 for _ in $(seq 1 100); do grep -q "sluice ready" "$data.stdout" 2>/dev/null && break; sleep 0.1; done
 grep -q "sluice ready" "$data.stdout" || { cat "$data.log"; exit 1; }
 
