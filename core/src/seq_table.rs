@@ -5,8 +5,9 @@
 //! bytes per message for a 16-byte record. Here sequences live in aligned chunks of
 //! [`CHUNK`] slots; a removed message leaves an empty slot until its chunk empties, and an
 //! empty chunk is freed at once (interior) or dropped (front). Memory is one slot per sequence
-//! between the first and last live message of each live chunk, and a lookup is two array
-//! indexings.
+//! of every chunk that still holds a live message (a chunk with one live message keeps all its
+//! slots), so a sparse stream costs at most what a dense one of the same span does; a lookup is
+//! two array indexings.
 
 use std::collections::VecDeque;
 
