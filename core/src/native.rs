@@ -135,6 +135,13 @@ pub fn encode_frame(out: &mut Vec<u8>, h: Header, body: &[u8]) {
     out.extend_from_slice(body);
 }
 
+/// One frame in a buffer of its own.
+pub fn frame(h: Header, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + HEADER_BYTES + body.len());
+    encode_frame(&mut out, h, body);
+    out
+}
+
 /// Starts a frame whose body the caller appends; [`finish_frame`] fixes the length.
 pub fn begin_frame(out: &mut Vec<u8>, h: Header) -> usize {
     let at = out.len();

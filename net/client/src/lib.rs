@@ -883,15 +883,13 @@ fn unexpected(r: AdminResponse) -> Error {
 
 /// One frame of a request: header and body in one buffer.
 fn frame_of(op: u8, flags: u8, corr: u32, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + native::HEADER_BYTES + body.len());
     let h = Header {
         op,
         flags,
         status: 0,
         corr,
     };
-    native::encode_frame(&mut out, h, body);
-    out
+    native::frame(h, body)
 }
 
 /// A PUB frame, its body encoded in place after the header (one buffer per publish).

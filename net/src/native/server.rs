@@ -53,24 +53,23 @@ struct Conn {
     settled: Notify,
 }
 
+/// The header of an answer frame.
+fn answer_header(op: u8, status: u16, corr: u32) -> Header {
+    Header {
+        op,
+        flags: 0,
+        status,
+        corr,
+    }
+}
+
 fn frame(op: u8, status: u16, corr: u32, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(4 + native::HEADER_BYTES + body.len());
-    push_frame(&mut out, op, status, corr, body);
-    out
+    native::frame(answer_header(op, status, corr), body)
 }
 
 /// Appends one answer frame to `out`.
 fn push_frame(out: &mut Vec<u8>, op: u8, status: u16, corr: u32, body: &[u8]) {
-    native::encode_frame(
-        out,
-        Header {
-            op,
-            flags: 0,
-            status,
-            corr,
-        },
-        body,
-    );
+    native::encode_frame(out, answer_header(op, status, corr), body);
 }
 
 /// Consecutive stream publishes of one connection to one stream, stored by one task
@@ -118,13 +117,7 @@ impl PubRun {
                 match (corr, answer) {
                     (0, _) => {}
                     (corr, Ok(ack)) => {
-                        let h = Header {
-                            op: op::PUB_ACK,
-                            flags: 0,
-                            status: 0,
-                            corr,
-                        };
-                        let at = native::begin_frame(&mut out, h);
+                        let at = native::begin_frame(&mut out, answer_header(op::PUB_ACK, 0, corr));
                         native::append_body(&ack, &mut out);
                         native::finish_frame(&mut out, at);
                     }

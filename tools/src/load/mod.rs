@@ -599,8 +599,17 @@ where
             let pacer = Pacer::new(&w);
             let mut pending = FuturesUnordered::new();
             // Acks are added to the stats a batch at a time (one clock read and lock per
-            // batch): whenever nothing else is ready, and every ACKS_BATCH acks.
-            let mut acks = Acks::default();
+            // batch): whenever nothing else is ready, and every RECEIPTS_BATCH acks.
+            let mut acks = Receipts::measured();
+            let take = |acks: &mut Receipts, outcome: Option<(usize, u64)>| match outcome {
+                Some((len, latency)) => {
+                    acks.record(len, latency);
+                    if acks.len() >= RECEIPTS_BATCH {
+                        acks.flush(&stats);
+                    }
+                }
+                None => stats.error(),
+            };
             let mut i = 0u64;
             loop {
                 if should_stop(&w, started, &sent) {
@@ -609,7 +618,7 @@ where
                 while pending.len() >= w.in_flight.max(1) {
                     acks.flush(&stats);
                     if let Some(a) = pending.next().await {
-                        acks.add(a, &stats);
+                        take(&mut acks, a);
                     }
                 }
                 let n = sent.fetch_add(1, Ordering::Relaxed);
@@ -620,7 +629,7 @@ where
                 let intended = loop {
                     tokio::select! {
                         biased;
-                        Some(a) = pending.next(), if !pending.is_empty() => acks.add(a, &stats),
+                        Some(a) = pending.next(), if !pending.is_empty() => take(&mut acks, a),
                         t = pacer.wait(i) => break t,
                     }
                 };
@@ -633,7 +642,7 @@ where
                 let (len, ack) = (data.len(), send(client.clone(), subject, data));
                 pending.push(async move { ack.await.ok().map(|()| (len, now_ns() - intended)) });
                 while let Some(Some(a)) = futures::FutureExt::now_or_never(pending.next()) {
-                    acks.add(a, &stats);
+                    take(&mut acks, a);
                 }
                 if w.rate > 0.0 {
                     // Paced runs wait between messages: their acks are recorded before.
@@ -642,7 +651,7 @@ where
                 i += 1;
             }
             while let Some(a) = pending.next().await {
-                acks.add(a, &stats);
+                take(&mut acks, a);
             }
             acks.flush(&stats);
         }));
@@ -653,45 +662,12 @@ where
     Ok(())
 }
 
-/// Acks a producer task gathers before adding them to its stats.
-const ACKS_BATCH: usize = 256;
-
-/// A producer task's acks not yet added to its [`Stats`]: latencies and bytes.
-#[derive(Default)]
-struct Acks {
-    latencies: Vec<u64>,
-    bytes: u64,
-}
-
-impl Acks {
-    /// One publish's outcome: `Some((bytes, latency ns))` when acknowledged, `None` on error.
-    fn add(&mut self, outcome: Option<(usize, u64)>, stats: &Stats) {
-        match outcome {
-            Some((len, latency)) => {
-                self.bytes += len as u64;
-                self.latencies.push(latency);
-                if self.latencies.len() >= ACKS_BATCH {
-                    self.flush(stats);
-                }
-            }
-            None => stats.error(),
-        }
-    }
-
-    fn flush(&mut self, stats: &Stats) {
-        stats.record_many(self.bytes, &self.latencies);
-        self.latencies.clear();
-        self.bytes = 0;
-    }
-}
-
-/// Receipts a per-message consumer loop gathers before adding them to its stats.
-#[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(dead_code))]
+/// Receipts (or acks) a per-message loop gathers before adding them to its stats.
 pub const RECEIPTS_BATCH: usize = 256;
 
-/// Messages one consumer received, added to its [`Stats`] a batch at a time. Latency is the
-/// time from the payload's timestamp (e2e, read per message) or from the consumer's start
-/// (backlog reads, read once per batch).
+/// Messages one consumer received (or one producer got acknowledged), added to its [`Stats`] a
+/// batch at a time. Latency is the time from the payload's timestamp (e2e, read per message),
+/// from the consumer's start (backlog reads, read once per batch), or as measured (acks).
 pub struct Receipts {
     started_ns: u64,
     e2e: bool,
@@ -709,18 +685,28 @@ impl Receipts {
         }
     }
 
+    /// For latencies measured by the caller ([`Receipts::record`]).
+    pub fn measured() -> Receipts {
+        Receipts::new(0, true)
+    }
+
     pub fn add(&mut self, data: &[u8]) {
-        self.bytes += data.len() as u64;
-        self.latencies.push(if self.e2e {
+        let latency = if self.e2e {
             let now = now_ns();
             now.saturating_sub(payload_time(data).unwrap_or(now))
         } else {
             0
-        });
+        };
+        self.record(data.len(), latency);
+    }
+
+    /// One message of `bytes` with a known latency.
+    pub fn record(&mut self, bytes: usize, latency_ns: u64) {
+        self.bytes += bytes as u64;
+        self.latencies.push(latency_ns);
     }
 
     #[allow(clippy::len_without_is_empty)]
-    #[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(dead_code))]
     pub fn len(&self) -> usize {
         self.latencies.len()
     }
