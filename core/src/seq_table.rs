@@ -159,9 +159,10 @@ impl<T: Slot> SeqTable<T> {
         }
     }
 
-    /// All live sequences with their values, ascending.
+    /// All live sequences with their values, ascending (starting at the cached first one,
+    /// not at the front chunk's first slot).
     pub fn iter(&self) -> Range<'_, T> {
-        self.range(0)
+        self.range(self.first().unwrap_or(0))
     }
 }
 
