@@ -91,8 +91,21 @@ fn acknowledged_batches_survive_kill9() {
             ])
             .arg("--dir")
             .arg(&log_dir)
-            .output()
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .expect("run sluice log dump");
+        // A hung dump fails the test (and is killed) instead of stalling the run.
+        let pid = out.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(out.wait_with_output()));
+        let out = match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok(r) => r.expect("wait for sluice log dump"),
+            Err(_) => {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                panic!("cycle {cycle}: sluice log dump did not finish within 120 s");
+            }
+        };
         assert!(
             out.status.success(),
             "cycle {cycle}: dump failed: {}",
