@@ -12,6 +12,7 @@ cd "$(dirname "$0")/.."
 fuzz_seconds="${SLUICE_FUZZ_SECONDS:-30}"
 cargo_fuzz_version="0.13.2"
 
+echo "== disk: $(df -h --output=avail . | tail -1 | tr -d ' ') free here"
 echo "== fmt"
 cargo fmt --all --check
 echo "== clippy"
