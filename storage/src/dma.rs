@@ -189,15 +189,33 @@ pub async fn prime_iopoll_probe(dir: &Path) -> io::Result<()> {
     opened?.close().await.map_err(glommio_io)
 }
 
+/// How often an executor started by [`run_local`] wakes even with nothing to do.
+pub const REACTOR_HEARTBEAT: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Runs `fut` to completion on a new glommio executor on the calling thread, with a small
 /// io_memory so that many executors fit in the default 8 MiB locked-memory limit.
+///
+/// A heartbeat timer wakes the reactor every [`REACTOR_HEARTBEAT`]: glommio's reactor was
+/// seen asleep in `io_uring_enter` with the work it waited for already done (`sluice log dump`
+/// hung once in ~80 runs of a debug build; a ptrace attach, which interrupts the wait, let it
+/// finish at once). A reactor that wakes on a timer collects such a completion on its next
+/// turn instead of never.
 pub fn run_local<T>(name: &str, fut: impl std::future::Future<Output = T>) -> io::Result<T> {
     let ex = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
         .name(name)
         .io_memory(1 << 20)
         .make()
         .map_err(|e| io::Error::other(format!("cannot start glommio executor: {e}")))?;
-    Ok(ex.run(fut))
+    Ok(ex.run(async move {
+        let heartbeat = glommio::spawn_local(async {
+            loop {
+                glommio::timer::sleep(REACTOR_HEARTBEAT).await;
+            }
+        });
+        let out = fut.await;
+        heartbeat.cancel().await;
+        out
+    }))
 }
 
 /// Milliseconds since the Unix epoch: the clock the I/O edge passes into the log.
