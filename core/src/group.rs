@@ -125,7 +125,9 @@ struct Group {
     protocol_name: Option<String>,
     leader: Option<String>,
     members: BTreeMap<String, Member>,
-    /// Member ids handed out with MEMBER_ID_REQUIRED, not yet joined.
+    /// Member ids handed out with MEMBER_ID_REQUIRED, not yet joined, with the time their
+    /// session lapses if they never come back. As in Kafka, a join round waits for them
+    /// (until its rebalance deadline) so a member between its two JoinGroups is not dropped.
     pending: HashMap<String, u64>,
     static_members: HashMap<String, String>,
     rebalance_deadline_ms: u64,
@@ -266,7 +268,10 @@ impl GroupCoordinator {
             self.next_member += 1;
             member_id = format!("{}-{}", sanitize(&req.client_id), self.next_member);
             if req.require_known_member_id && req.group_instance_id.is_none() {
-                group.pending.insert(member_id.clone(), now_ms);
+                group.pending.insert(
+                    member_id.clone(),
+                    now_ms + req.session_timeout_ms.max(0) as u64,
+                );
                 return error(codes::MEMBER_ID_REQUIRED, &member_id);
             }
         } else if !group.members.contains_key(&member_id)
@@ -474,6 +479,7 @@ impl GroupCoordinator {
         };
         let mut out = Vec::new();
         let mut removed = false;
+        let mut pending_left = false;
         for id in member_ids {
             match group.members.remove(id) {
                 Some(m) => {
@@ -483,11 +489,18 @@ impl GroupCoordinator {
                     removed = true;
                     out.push(codes::NONE);
                 }
+                // A member leaving between its two JoinGroups: the round stops waiting for it.
+                None if group.pending.remove(id).is_some() => {
+                    pending_left = true;
+                    out.push(codes::NONE);
+                }
                 None => out.push(codes::UNKNOWN_MEMBER_ID),
             }
         }
         if removed {
             self.after_departure(group_id, now_ms);
+        } else if pending_left {
+            self.maybe_complete_join(group_id, now_ms);
         }
         out
     }
@@ -514,6 +527,8 @@ impl GroupCoordinator {
                     }
                 }
             }
+            // A member that never came back for its second JoinGroup.
+            group.pending.retain(|_, lapses_ms| *lapses_ms > now_ms);
             if !expired.is_empty() {
                 self.after_departure(&gid, now_ms);
             }
@@ -536,6 +551,7 @@ impl GroupCoordinator {
                 g.members
                     .values()
                     .map(|m| m.last_heartbeat_ms + m.session_timeout_ms as u64)
+                    .chain(g.pending.values().copied())
                     .chain(rebalance)
             })
             .min()
@@ -652,13 +668,13 @@ impl GroupCoordinator {
         if group.state != GroupState::PreparingRebalance {
             return;
         }
-        let all_joined = group.members.values().all(|m| m.join_ticket.is_some());
+        let all_joined =
+            group.members.values().all(|m| m.join_ticket.is_some()) && group.pending.is_empty();
         if !(now_ms >= group.rebalance_deadline_ms || (all_joined && !group.initial_delay)) {
             return;
         }
         group.initial_delay = false;
         group.members.retain(|_, m| m.join_ticket.is_some());
-        group.pending.clear();
         if group.members.is_empty() {
             group.state = GroupState::Empty;
             group.generation += 1;
@@ -859,6 +875,97 @@ mod tests {
 
     fn completions(c: &mut GroupCoordinator) -> HashMap<Ticket, Completion> {
         std::iter::from_fn(|| c.poll_completion()).collect()
+    }
+
+    #[test]
+    fn a_join_round_waits_for_a_member_between_its_two_joins() {
+        let mut c = GroupCoordinator::new(GroupLimits::default());
+        // A rejoin with new subscription metadata starts a rebalance.
+        let rejoin = |member: &str, meta: &[u8]| {
+            let mut r = join_req(member, None);
+            r.protocols[0].1 = meta.to_vec();
+            r
+        };
+        let (a, ta) = join_new(&mut c, 0);
+        c.tick(3_000);
+        assert!(completions(&mut c).contains_key(&ta));
+        let _ = c.sync("g", &a, 1, vec![(a.clone(), b"A".to_vec())]);
+        assert_eq!(
+            completions(&mut c).len(),
+            1,
+            "the leader's sync is answered"
+        );
+        assert_eq!(c.state("g"), Some(GroupState::Stable));
+
+        // b gets its id; before b's second JoinGroup, a rejoins (as after a metadata change).
+        let Reply::Now(r) = c.join(4_000, join_req("", None)) else {
+            panic!("expected an id")
+        };
+        assert_eq!(r.error_code, codes::MEMBER_ID_REQUIRED);
+        let b = r.member_id;
+        let Reply::Parked(ta2) = c.join(4_001, rejoin(&a, b"m2")) else {
+            panic!("a's rejoin parks")
+        };
+        c.tick(4_002);
+        assert!(
+            completions(&mut c).is_empty(),
+            "the round waits for b, whose id is pending"
+        );
+        let Reply::Parked(tb) = c.join(4_010, join_req(&b, None)) else {
+            panic!("b's join with its id parks")
+        };
+        let done = completions(&mut c);
+        let Completion::Join(ja) = &done[&ta2] else {
+            panic!("a is answered")
+        };
+        assert_eq!(ja.members.len(), 2, "both members in one generation");
+        assert!(done.contains_key(&tb));
+
+        // A pending member that never returns holds a round only until its session lapses.
+        let Reply::Now(r) = c.join(5_000, join_req("", None)) else {
+            panic!("expected an id")
+        };
+        assert_eq!(r.error_code, codes::MEMBER_ID_REQUIRED);
+        let gen = ja.generation_id;
+        let _ = c.sync("g", &b, gen, vec![]);
+        let _ = c.sync("g", &a, gen, vec![]);
+        assert_eq!(completions(&mut c).len(), 2, "both syncs answered");
+        assert_eq!(c.state("g"), Some(GroupState::Stable));
+        let Reply::Parked(ta3) = c.join(5_001, rejoin(&a, b"m3")) else {
+            panic!("a's rejoin parks")
+        };
+        let Reply::Parked(tb3) = c.join(5_001, join_req(&b, None)) else {
+            panic!("b's rejoin parks")
+        };
+        assert_eq!(
+            c.poll_timeout(),
+            Some(15_000),
+            "the pending session's end is a deadline"
+        );
+        c.tick(14_999);
+        assert!(completions(&mut c).is_empty());
+        c.tick(15_000);
+        let done = completions(&mut c);
+        assert!(done.contains_key(&ta3) && done.contains_key(&tb3));
+
+        // A LeaveGroup from a pending member releases the round at once.
+        let Reply::Now(r) = c.join(16_000, join_req("", None)) else {
+            panic!("expected an id")
+        };
+        let gen = gen + 1;
+        let _ = c.sync("g", &b, gen, vec![]);
+        let _ = c.sync("g", &a, gen, vec![]);
+        assert_eq!(completions(&mut c).len(), 2, "both syncs answered");
+        let Reply::Parked(ta4) = c.join(16_001, rejoin(&a, b"m4")) else {
+            panic!()
+        };
+        let Reply::Parked(tb4) = c.join(16_001, join_req(&b, None)) else {
+            panic!()
+        };
+        assert!(completions(&mut c).is_empty());
+        assert_eq!(c.leave(16_002, "g", &[r.member_id]), vec![codes::NONE]);
+        let done = completions(&mut c);
+        assert!(done.contains_key(&ta4) && done.contains_key(&tb4));
     }
 
     #[test]
