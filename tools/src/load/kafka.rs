@@ -302,8 +302,8 @@ pub async fn consume(
             // ListOffsets request sent from a retry timer (500 ms) when the partition's leader
             // is not known yet at assign, so an e2e run's consumer started fetching 0.5–1 s
             // late and its catching up landed in the measured latencies (every Kafka-wire
-            // system alike). The topic is fresh in every mode; should offset 0 be gone, the
-            // reset below starts at the earliest offset.
+            // system alike). The topic is fresh in every mode; should offset 0 be gone,
+            // `auto.offset.reset=earliest` (set above) starts at the earliest offset.
             let offset = Offset::Offset(0);
             tpl.add_partition_offset(&w.topic, p as i32, offset)
                 .map_err(|e| e.to_string())?;
