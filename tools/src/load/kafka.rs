@@ -53,6 +53,61 @@ pub async fn prepare(addr: &str, w: &Workload) -> Result<(), String> {
 struct StatsContext {
     stats: Arc<Stats>,
     message_bytes: usize,
+    room: Room,
+    /// Deliveries not yet added to `stats` (a lock of `stats` and a clock read per batch, not
+    /// per message), and when the oldest of them was acknowledged.
+    acked: std::sync::Mutex<(Receipts, u64)>,
+}
+
+/// Deliveries wait at most this long in [`StatsContext::acked`] before reaching the stats.
+const ACKED_FLUSH_NS: u64 = 5_000_000;
+
+impl StatsContext {
+    fn flush_acked(&self) {
+        self.acked.lock().unwrap().0.flush(&self.stats);
+    }
+}
+
+/// How a producing thread waits for room in librdkafka's full queue: it parks, and the next
+/// delivery report unparks it. (Polling for that, `BaseProducer::poll(1 ms)`, spins: its
+/// deadline loop polls with the remaining time truncated to whole milliseconds — 0 — so the
+/// thread busy-waited for the whole millisecond, over half of the load core in a profile.)
+#[derive(Default)]
+struct Room {
+    waiter: std::sync::Mutex<Option<std::thread::Thread>>,
+    waiting: std::sync::atomic::AtomicBool,
+}
+
+impl Room {
+    /// Announces that this thread is about to wait: a delivery from now on unparks it. The
+    /// caller then sends again and [`Room::park`]s only if the queue is still full.
+    fn arm(&self) {
+        let mut w = self.waiter.lock().unwrap();
+        if w.is_none() {
+            *w = Some(std::thread::current());
+        }
+        drop(w);
+        self.waiting.store(true, Ordering::SeqCst);
+    }
+
+    /// Parks until a delivery since [`Room::arm`] (at once if one came already), at most 10 ms.
+    fn park(&self) {
+        std::thread::park_timeout(Duration::from_millis(10));
+        self.waiting.store(false, Ordering::SeqCst);
+    }
+
+    /// The queue had room after all: no wait.
+    fn park_cancel(&self) {
+        self.waiting.store(false, Ordering::SeqCst);
+    }
+
+    fn delivered(&self) {
+        if self.waiting.load(Ordering::Relaxed) && self.waiting.swap(false, Ordering::SeqCst) {
+            if let Some(t) = self.waiter.lock().unwrap().as_ref() {
+                t.unpark();
+            }
+        }
+    }
 }
 
 impl rdkafka::ClientContext for StatsContext {}
@@ -61,10 +116,20 @@ impl rdkafka::producer::ProducerContext for StatsContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &rdkafka::message::DeliveryResult<'_>, intended: usize) {
+        self.room.delivered();
         match result {
-            Ok(_) => self
-                .stats
-                .record(self.message_bytes, now_ns().saturating_sub(intended as u64)),
+            Ok(_) => {
+                let now = now_ns();
+                let mut acked = self.acked.lock().unwrap();
+                let (receipts, oldest) = &mut *acked;
+                if receipts.len() == 0 {
+                    *oldest = now;
+                }
+                receipts.record(self.message_bytes, now.saturating_sub(intended as u64));
+                if receipts.len() >= RECEIPTS_BATCH || now - *oldest >= ACKED_FLUSH_NS {
+                    receipts.flush(&self.stats);
+                }
+            }
             Err(_) => self.stats.error(),
         }
     }
@@ -93,6 +158,8 @@ fn producer(
         .create_with_context(StatsContext {
             stats,
             message_bytes: w.message_bytes.max(16),
+            room: Room::default(),
+            acked: std::sync::Mutex::new((Receipts::measured(), 0)),
         })
         .map_err(|e| e.to_string())
 }
@@ -130,6 +197,7 @@ pub async fn produce(addr: &str, w: &Workload, stats: Arc<Stats>) -> Result<(), 
         threads.push(tokio::task::spawn_blocking(move || {
             produce_thread(&prod, &w, &stats, &sent, started, p as u64);
             let _ = prod.flush(Duration::from_secs(60));
+            prod.context().flush_acked();
         }));
     }
     for t in threads {
@@ -212,48 +280,63 @@ fn produce_thread(
     }
 }
 
-/// Hands `msgs` to librdkafka, waiting (polling) while its queue is full; other failures
-/// count as errors.
+/// Hands `msgs` to librdkafka, waiting for room (see [`Room`]) while its queue is full.
 fn enqueue(
     prod: &ThreadedProducer<StatsContext>,
     rkt: &RawTopic,
     msgs: &mut [rdsys::rd_kafka_message_t],
     stats: &Stats,
 ) {
-    use rdsys::rd_kafka_resp_err_t as E;
+    let room = &prod.context().room;
     let mut rest = msgs;
-    while !rest.is_empty() {
-        // SAFETY: the messages point into buffers that outlive the call; with MSG_F_COPY
-        // librdkafka copies payloads and keys before returning.
-        unsafe {
-            rdsys::rd_kafka_produce_batch(
-                rkt.0,
-                PARTITION_UA,
-                rdsys::RD_KAFKA_MSG_F_COPY | rdsys::RD_KAFKA_MSG_F_PARTITION,
-                rest.as_mut_ptr(),
-                rest.len() as i32,
-            );
+    loop {
+        rest = produce_some(rkt, rest, stats);
+        if rest.is_empty() {
+            return;
         }
-        // The first message refused for a full queue and everything after it go again.
-        let full = rest
-            .iter()
-            .position(|m| m.err == E::RD_KAFKA_RESP_ERR__QUEUE_FULL);
-        for m in &rest[..full.unwrap_or(rest.len())] {
-            if m.err != E::RD_KAFKA_RESP_ERR_NO_ERROR {
-                stats.error();
-            }
+        room.arm();
+        rest = produce_some(rkt, rest, stats);
+        if rest.is_empty() {
+            room.park_cancel();
+            return;
         }
-        match full {
-            None => break,
-            Some(at) => {
-                rest = &mut rest[at..];
-                for m in rest.iter_mut() {
-                    m.err = E::RD_KAFKA_RESP_ERR_NO_ERROR;
-                }
-                prod.poll(Duration::from_millis(1));
-            }
+        room.park();
+    }
+}
+
+/// One `rd_kafka_produce_batch` call: returns the messages refused for a full queue (the first
+/// such refusal and everything after it), ready to go again; other failures count as errors.
+fn produce_some<'m>(
+    rkt: &RawTopic,
+    msgs: &'m mut [rdsys::rd_kafka_message_t],
+    stats: &Stats,
+) -> &'m mut [rdsys::rd_kafka_message_t] {
+    use rdsys::rd_kafka_resp_err_t as E;
+    // SAFETY: the messages point into buffers that outlive the call; with MSG_F_COPY
+    // librdkafka copies payloads and keys before returning.
+    unsafe {
+        rdsys::rd_kafka_produce_batch(
+            rkt.0,
+            PARTITION_UA,
+            rdsys::RD_KAFKA_MSG_F_COPY | rdsys::RD_KAFKA_MSG_F_PARTITION,
+            msgs.as_mut_ptr(),
+            msgs.len() as i32,
+        );
+    }
+    let full = msgs
+        .iter()
+        .position(|m| m.err == E::RD_KAFKA_RESP_ERR__QUEUE_FULL)
+        .unwrap_or(msgs.len());
+    let (sent, rest) = msgs.split_at_mut(full);
+    for m in sent.iter() {
+        if m.err != E::RD_KAFKA_RESP_ERR_NO_ERROR {
+            stats.error();
         }
     }
+    for m in rest.iter_mut() {
+        m.err = E::RD_KAFKA_RESP_ERR_NO_ERROR;
+    }
+    rest
 }
 
 /// Messages taken from librdkafka's consumer queue per `rd_kafka_consume_batch_queue` call.

@@ -166,12 +166,6 @@ impl Stats {
         })
     }
 
-    /// One message completed (acked or received) with `latency_ns`.
-    #[cfg_attr(not(feature = "kafka"), allow(dead_code))]
-    pub fn record(&self, bytes: usize, latency_ns: u64) {
-        self.record_many(bytes as u64, &[latency_ns]);
-    }
-
     /// Several messages completed: `bytes` in all, one latency each (one clock read and one
     /// lock per call, not per message).
     pub fn record_many(&self, bytes: u64, latencies_ns: &[u64]) {
@@ -764,7 +758,7 @@ mod tests {
         assert_eq!((p.len(), payload_time(&p)), (1024, Some(123_456)));
         let stats = Stats::new(Duration::ZERO);
         for i in 1..=100u64 {
-            stats.record(1024, i * 1_000_000);
+            stats.record_many(1024, &[i * 1_000_000]);
         }
         let r = Report::from_stats(
             "w",
@@ -808,7 +802,7 @@ mod tests {
     #[test]
     fn warmup_is_not_measured() {
         let stats = Stats::new(Duration::from_secs(3600));
-        stats.record(10, 1000);
+        stats.record_many(10, &[1000]);
         assert_eq!(stats.messages.load(Ordering::Relaxed), 0);
         assert_eq!(stats.series_total(), 1);
     }
@@ -817,7 +811,7 @@ mod tests {
     fn each_second_keeps_its_slowest_latency_through_json() {
         let stats = Stats::new(Duration::ZERO);
         stats.record_many(30, &[2_000_000, 9_000_000, 1_000_000]);
-        stats.record(10, 4_000_000);
+        stats.record_many(10, &[4_000_000]);
         let r = Report::from_stats("w", "e2e", "s", &stats, Duration::from_secs(1), None, None);
         assert_eq!(r.series_max_ms, vec![9.0]);
         let back = Report::from_json(&r.to_json()).unwrap();
