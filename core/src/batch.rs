@@ -531,19 +531,31 @@ impl BatchBuilder {
         value: Option<&[u8]>,
         headers: &[(&[u8], Option<&[u8]>)],
     ) {
-        let mut body = Vec::with_capacity(16 + value.map_or(0, |v| v.len()));
-        body.push(0u8);
-        put_varlong(&mut body, timestamp - self.base_timestamp);
-        put_varlong(&mut body, self.count as i64);
-        put_bytes_opt(&mut body, key);
-        put_bytes_opt(&mut body, value);
-        put_varlong(&mut body, headers.len() as i64);
+        // The record's length comes first: computed, so the record is written once, in place.
+        let delta_ts = timestamp - self.base_timestamp;
+        let delta_offset = self.count as i64;
+        let len = 1
+            + varlong_len(delta_ts)
+            + varlong_len(delta_offset)
+            + bytes_opt_len(key)
+            + bytes_opt_len(value)
+            + varlong_len(headers.len() as i64)
+            + headers
+                .iter()
+                .map(|(k, v)| bytes_opt_len(Some(k)) + bytes_opt_len(*v))
+                .sum::<usize>();
+        self.records.reserve(varlong_len(len as i64) + len);
+        put_varlong(&mut self.records, len as i64);
+        self.records.push(0u8);
+        put_varlong(&mut self.records, delta_ts);
+        put_varlong(&mut self.records, delta_offset);
+        put_bytes_opt(&mut self.records, key);
+        put_bytes_opt(&mut self.records, value);
+        put_varlong(&mut self.records, headers.len() as i64);
         for (k, v) in headers {
-            put_bytes_opt(&mut body, Some(k));
-            put_bytes_opt(&mut body, *v);
+            put_bytes_opt(&mut self.records, Some(k));
+            put_bytes_opt(&mut self.records, *v);
         }
-        put_varlong(&mut self.records, body.len() as i64);
-        self.records.extend_from_slice(&body);
         self.count += 1;
         self.max_timestamp = self.max_timestamp.max(timestamp);
     }
@@ -558,9 +570,25 @@ impl BatchBuilder {
 
     /// Encodes the batch with `baseOffset` 0; the log assigns the real one.
     pub fn build(&self) -> Vec<u8> {
-        let payload = compress(self.compression, &self.records);
+        let mut out = Vec::new();
+        self.build_into(&mut out);
+        out
+    }
+
+    /// Appends the batch to `out` (an uncompressed batch is written without an intermediate
+    /// buffer: a frame can carry it without another copy).
+    pub fn build_into(&self, out: &mut Vec<u8>) {
+        let compressed;
+        let payload = match self.compression {
+            Compression::None => &self.records[..],
+            codec => {
+                compressed = compress(codec, &self.records);
+                &compressed[..]
+            }
+        };
         let total = HEADER_BYTES + payload.len();
-        let mut out = Vec::with_capacity(total);
+        out.reserve(total);
+        let start = out.len();
         out.extend_from_slice(&0i64.to_be_bytes());
         out.extend_from_slice(&((total - LOG_OVERHEAD_BYTES) as i32).to_be_bytes());
         out.extend_from_slice(&(-1i32).to_be_bytes());
@@ -574,10 +602,9 @@ impl BatchBuilder {
         out.extend_from_slice(&self.producer_epoch.to_be_bytes());
         out.extend_from_slice(&self.base_sequence.to_be_bytes());
         out.extend_from_slice(&self.count.to_be_bytes());
-        out.extend_from_slice(&payload);
-        let crc = crc32c::crc32c(&out[CRC_START..]);
-        out[17..21].copy_from_slice(&crc.to_be_bytes());
-        out
+        out.extend_from_slice(payload);
+        let crc = crc32c::crc32c(&out[start + CRC_START..]);
+        out[start + 17..start + 21].copy_from_slice(&crc.to_be_bytes());
     }
 }
 
@@ -621,6 +648,20 @@ fn put_varlong(out: &mut Vec<u8>, v: i64) {
         z >>= 7;
     }
     out.push(z as u8);
+}
+
+/// Bytes `put_varlong` writes for `v`.
+fn varlong_len(v: i64) -> usize {
+    let z = ((v << 1) ^ (v >> 63)) as u64;
+    (64 - (z | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// Bytes `put_bytes_opt` writes for `b`.
+fn bytes_opt_len(b: Option<&[u8]>) -> usize {
+    match b {
+        None => varlong_len(-1),
+        Some(b) => varlong_len(b.len() as i64) + b.len(),
+    }
 }
 
 fn put_bytes_opt(out: &mut Vec<u8>, b: Option<&[u8]>) {
@@ -687,6 +728,33 @@ impl<'a> Cursor<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn varlong_len_is_what_put_varlong_writes() {
+        let mut values = vec![0i64, 1, -1, 63, 64, -64, -65, i64::MAX, i64::MIN];
+        for shift in 0..63 {
+            values.extend([1i64 << shift, (1i64 << shift) - 1, -(1i64 << shift)]);
+        }
+        for v in values {
+            let mut out = Vec::new();
+            put_varlong(&mut out, v);
+            assert_eq!(varlong_len(v), out.len(), "{v}");
+        }
+    }
+
+    #[test]
+    fn build_into_appends_the_batch_build_returns() {
+        let mut b = BatchBuilder::new(Compression::None, 7);
+        b.push(9, Some(b"k"), Some(&[5u8; 300]), &[(b"h", None)]);
+        b.push(12, None, Some(b"v"), &[]);
+        let mut out = b"prefix".to_vec();
+        b.build_into(&mut out);
+        assert_eq!(&out[..6], b"prefix");
+        assert_eq!(out[6..], b.build()[..]);
+        let rs = records(&out[6..], 1 << 20).unwrap();
+        assert_eq!(rs.len(), 2);
+        assert_eq!(rs[0].value.as_deref(), Some(&[5u8; 300][..]));
+    }
 
     #[test]
     fn single_record_view_matches_records() {

@@ -295,6 +295,13 @@ fn decode_message(
 
 /// Builds the single-record batch a message travels in.
 pub fn message_batch(subject: &str, headers: &[(String, Vec<u8>)], data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    put_message_batch(&mut out, subject, headers, data);
+    out
+}
+
+/// Appends the single-record batch of a message to `out` (a frame being encoded).
+fn put_message_batch(out: &mut Vec<u8>, subject: &str, headers: &[(String, Vec<u8>)], data: &[u8]) {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -304,7 +311,7 @@ pub fn message_batch(subject: &str, headers: &[(String, Vec<u8>)], data: &[u8]) 
         .map(|(k, v)| (k.as_bytes(), Some(v.as_slice())))
         .collect();
     b.push(now, Some(subject.as_bytes()), Some(data), &hs);
-    b.build()
+    b.build_into(out);
 }
 
 fn server_error(f: &Frame) -> Error {
@@ -901,11 +908,11 @@ fn pub_frame(flags: u8, corr: u32, subject: &str, data: &[u8], opts: &PublishOpt
     if let Some(s) = opts.expected_last_seq {
         headers.push((EXPECTED_LAST_SEQ_HEADER.into(), s.to_string().into_bytes()));
     }
-    let batch = message_batch(subject, &headers, data);
     let reply = opts.reply.as_deref().unwrap_or("");
-    let mut out = Vec::with_capacity(
-        4 + native::HEADER_BYTES + 4 + subject.len() + reply.len() + batch.len(),
-    );
+    // Frame header, PUB body (subject, reply) and the batch, written once into one buffer.
+    let batch_max = batch::HEADER_BYTES + 32 + subject.len() + data.len();
+    let mut out =
+        Vec::with_capacity(4 + native::HEADER_BYTES + 4 + subject.len() + reply.len() + batch_max);
     let h = Header {
         op: op::PUB,
         flags,
@@ -916,9 +923,10 @@ fn pub_frame(flags: u8, corr: u32, subject: &str, data: &[u8], opts: &PublishOpt
     Pub {
         subject,
         reply,
-        batch: &batch,
+        batch: &[],
     }
     .encode(&mut out);
+    put_message_batch(&mut out, subject, &headers, data);
     native::finish_frame(&mut out, at);
     out
 }
