@@ -295,15 +295,85 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// fio's sequential O_DIRECT write bandwidth in MB/s over `bytes` in `dir`.
 pub(crate) fn run_fio(dir: &Path, bytes: u64) -> Result<f64, String> {
-    let file = dir.join(format!("sluice-bench-fio-{}.dat", std::process::id()));
-    let out = std::process::Command::new("fio")
-        .args([
-            "--name=seqwrite",
+    let v = fio_json(
+        dir,
+        &["--name=seqwrite", "--rw=write", "--bs=1M", "--direct=1"],
+        bytes,
+    )?;
+    let bw = v["jobs"][0]["write"]["bw_bytes"]
+        .as_f64()
+        .ok_or("fio output has no jobs[0].write.bw_bytes")?;
+    Ok(bw / 1e6)
+}
+
+/// The device under a durable write pattern, as a log with fsync before the ack uses it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DurableCeiling {
+    /// Sequential O_DIRECT 1 MiB writes, each followed by fdatasync (MB/s).
+    pub mb_per_s: f64,
+    /// 64 KiB O_DIRECT writes each followed by fdatasync at a fixed 50 MB/s: completion
+    /// latency of the write and of the fdatasync, p50 and p99 (ms).
+    pub write_p50_ms: f64,
+    pub write_p99_ms: f64,
+    pub sync_p50_ms: f64,
+    pub sync_p99_ms: f64,
+}
+
+pub(crate) fn run_fio_durable(dir: &Path) -> Result<DurableCeiling, String> {
+    let bw = fio_json(
+        dir,
+        &[
+            "--name=syncwrite",
             "--rw=write",
             "--bs=1M",
             "--direct=1",
-            "--output-format=json",
-        ])
+            "--fdatasync=1",
+        ],
+        1 << 30,
+    )?;
+    let lat = fio_json(
+        dir,
+        &[
+            "--name=syncwrite50",
+            "--rw=write",
+            "--bs=64k",
+            "--direct=1",
+            "--fdatasync=1",
+            "--rate=50m",
+            "--runtime=10",
+            "--time_based",
+        ],
+        256 << 20,
+    )?;
+    let pct = |v: &serde_json::Value, path: &[&str], p: &str| -> Result<f64, String> {
+        let mut x = v;
+        for k in path {
+            x = &x[*k];
+        }
+        x["percentile"][p]
+            .as_f64()
+            .map(|ns| ns / 1e6)
+            .ok_or_else(|| format!("fio output has no {} percentile {p}", path.join(".")))
+    };
+    let job = &lat["jobs"][0];
+    Ok(DurableCeiling {
+        mb_per_s: bw["jobs"][0]["write"]["bw_bytes"]
+            .as_f64()
+            .ok_or("fio output has no jobs[0].write.bw_bytes")?
+            / 1e6,
+        write_p50_ms: pct(job, &["write", "clat_ns"], "50.000000")?,
+        write_p99_ms: pct(job, &["write", "clat_ns"], "99.000000")?,
+        sync_p50_ms: pct(job, &["sync", "lat_ns"], "50.000000")?,
+        sync_p99_ms: pct(job, &["sync", "lat_ns"], "99.000000")?,
+    })
+}
+
+/// Runs fio on a scratch file in `dir` (removed after) and returns its JSON report.
+fn fio_json(dir: &Path, args: &[&str], bytes: u64) -> Result<serde_json::Value, String> {
+    let file = dir.join(format!("sluice-bench-fio-{}.dat", std::process::id()));
+    let out = std::process::Command::new("fio")
+        .args(args)
+        .arg("--output-format=json")
         .arg(format!("--size={bytes}"))
         .arg(format!("--filename={}", file.display()))
         .output()
@@ -315,12 +385,7 @@ pub(crate) fn run_fio(dir: &Path, bytes: u64) -> Result<f64, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let v: serde_json::Value =
-        serde_json::from_slice(&out.stdout).map_err(|e| format!("cannot parse fio output: {e}"))?;
-    let bw = v["jobs"][0]["write"]["bw_bytes"]
-        .as_f64()
-        .ok_or("fio output has no jobs[0].write.bw_bytes")?;
-    Ok(bw / 1e6)
+    serde_json::from_slice(&out.stdout).map_err(|e| format!("cannot parse fio output: {e}"))
 }
 
 #[cfg(test)]

@@ -295,6 +295,8 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
     }
     eprintln!("ceilings: fio sequential O_DIRECT write (1 GiB, bs=1M)…");
     let fio = crate::run_fio(&a.dir, 1 << 30)?;
+    eprintln!("ceilings: fio O_DIRECT write + fdatasync (1 MiB each; 64 KiB each at 50 MB/s)…");
+    let durable = crate::run_fio_durable(&a.dir)?;
     let iperf = iperf3_gbit();
     pin_self(&a.load_cpus)?;
     let rt = load_cmd::runtime()?;
@@ -358,7 +360,7 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
         }
         table.extend(runs);
     }
-    print_table(&table, fio, iperf);
+    print_table(&table, fio, &durable, iperf);
     if let Some(p) = &a.json {
         let mut workloads = Map::new();
         for r in &table {
@@ -377,7 +379,15 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
             });
         }
         let out = json!({
-            "ceilings": {"fio_write_mb_per_s": fio, "iperf3_loopback_gbit_per_s": iperf},
+            "ceilings": {
+                "fio_write_mb_per_s": fio,
+                "fio_durable_write_mb_per_s": durable.mb_per_s,
+                "fio_durable_64k_write_p50_ms": durable.write_p50_ms,
+                "fio_durable_64k_write_p99_ms": durable.write_p99_ms,
+                "fio_durable_64k_fdatasync_p50_ms": durable.sync_p50_ms,
+                "fio_durable_64k_fdatasync_p99_ms": durable.sync_p99_ms,
+                "iperf3_loopback_gbit_per_s": iperf,
+            },
             "workloads": workloads,
             "config": {
                 "message_bytes": a.size,
@@ -395,13 +405,27 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn print_table(runs: &[Report], fio: f64, iperf: Option<f64>) {
+fn print_table(
+    runs: &[Report],
+    fio: f64,
+    durable: &crate::DurableCeiling,
+    iperf: Option<f64>,
+) {
     println!();
     println!(
         "ceilings: fio O_DIRECT sequential write {fio:.0} MB/s{}",
         iperf.map_or(String::new(), |g| format!(
             ", iperf3 loopback {g:.1} Gbit/s"
         ))
+    );
+    println!(
+        "          fio write + fdatasync: 1 MiB each {:.0} MB/s; 64 KiB each at 50 MB/s: \
+         write p50 {:.2} / p99 {:.2} ms, fdatasync p50 {:.2} / p99 {:.2} ms",
+        durable.mb_per_s,
+        durable.write_p50_ms,
+        durable.write_p99_ms,
+        durable.sync_p50_ms,
+        durable.sync_p99_ms
     );
     println!(
         "{:<8} {:<14} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7}",
@@ -455,8 +479,9 @@ fn print_table(runs: &[Report], fio: f64, iperf: Option<f64>) {
             for s in ["sluice-kafka", "sluice-native"] {
                 if let Some(a) = find(w, s) {
                     println!(
-                        "  produce  {s} ÷ fio write bandwidth: {:.2}",
-                        a.mb_per_s() / fio
+                        "  produce  {s} ÷ fio write bandwidth: {:.2} (÷ fio write + fdatasync: {:.2})",
+                        a.mb_per_s() / fio,
+                        a.mb_per_s() / durable.mb_per_s
                     );
                 }
             }
