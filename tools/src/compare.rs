@@ -405,12 +405,7 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn print_table(
-    runs: &[Report],
-    fio: f64,
-    durable: &crate::DurableCeiling,
-    iperf: Option<f64>,
-) {
+fn print_table(runs: &[Report], fio: f64, durable: &crate::DurableCeiling, iperf: Option<f64>) {
     println!();
     println!(
         "ceilings: fio O_DIRECT sequential write {fio:.0} MB/s{}",

@@ -16,7 +16,7 @@ use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
 use sluice_core::native::{
     self, flag, op, status, Ack, AdminRequest, FetchRequest, FrameError, Header, Hello, HelloOk,
-    Pub, Sub,
+    Pub, PubAck, Sub,
 };
 use sluice_storage::notify::Notify;
 use sluice_storage::wall_clock_ms;
@@ -107,16 +107,26 @@ impl PubRun {
         if self.msgs.is_empty() {
             return;
         }
-        let msgs = std::mem::take(&mut self.msgs);
-        let acks = std::mem::take(&mut self.acks);
+        // The next run starts with room for as many as this one had (no regrowth per run).
+        let n = self.msgs.len();
+        let msgs = std::mem::replace(&mut self.msgs, Vec::with_capacity(n));
+        let acks = std::mem::replace(&mut self.acks, Vec::with_capacity(n));
         let name = self.stream.clone();
         spawn_n(conn, msgs.len(), async move |c: Rc<Conn>| {
-            let answers = super::streams::store_many(&c.shard, name, msgs).await;
+            let answers = super::streams::store_many(&c.shard, name.clone(), msgs).await;
             let mut out = Vec::with_capacity(acks.len() * PUB_ACK_FRAME_BYTES);
+            // One PubAck for the run, its sequence set per answer.
+            let mut ack = PubAck {
+                stream: name,
+                seq: 0,
+                duplicate: false,
+            };
             for (corr, answer) in acks.into_iter().zip(answers) {
                 match (corr, answer) {
                     (0, _) => {}
-                    (corr, Ok(ack)) => {
+                    (corr, Ok(stored)) => {
+                        ack.seq = stored.seq;
+                        ack.duplicate = stored.duplicate;
                         let at = native::begin_frame(&mut out, answer_header(op::PUB_ACK, 0, corr));
                         native::append_body(&ack, &mut out);
                         native::finish_frame(&mut out, at);

@@ -178,6 +178,14 @@ struct PubInfo<'a> {
 
 /// A published message on its way into a stream: its subject and its batch, both views of
 /// the frame it came in (no copy per message).
+/// Where a published message was stored (the PUB_ACK without the stream's name, which the
+/// caller has: no string per acknowledged message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub seq: u64,
+    pub duplicate: bool,
+}
+
 pub struct Published {
     subject: Bytes,
     pub batch: Bytes,
@@ -389,13 +397,18 @@ impl StreamHome {
     pub async fn publish(&self, subject: &str, batch: Bytes) -> Result<PubAck, Refusal> {
         let msg = [Published::new(subject, batch)];
         let mut answers = self.publish_many(&msg).await;
-        answers.pop().expect("one answer per message")
+        let stored = answers.pop().expect("one answer per message")?;
+        Ok(PubAck {
+            stream: self.name.clone(),
+            seq: stored.seq,
+            duplicate: stored.duplicate,
+        })
     }
 
     /// Stores published messages in order, one answer each. A file stream takes them all into
     /// its log and then waits once, for the last one's durability: one task, one wait and one
     /// wake-up for a publisher's pipelined run instead of one per message.
-    pub async fn publish_many(&self, msgs: &[Published]) -> Vec<Result<PubAck, Refusal>> {
+    pub async fn publish_many(&self, msgs: &[Published]) -> Vec<Result<Stored, Refusal>> {
         let now = wall_clock_ms() as i64;
         let mut answers = Vec::with_capacity(msgs.len());
         // Messages stored in the stream's state, not yet durable: (index, seq).
@@ -406,7 +419,10 @@ impl StreamHome {
             let seq = match self.admit(now, msg.subject(), batch) {
                 Ok(Admitted::New(seq)) => seq,
                 Ok(Admitted::Duplicate(seq)) => {
-                    answers.push(Ok(self.pub_ack(seq, true)));
+                    answers.push(Ok(Stored {
+                        seq,
+                        duplicate: true,
+                    }));
                     continue;
                 }
                 Err(e) => {
@@ -440,7 +456,10 @@ impl StreamHome {
                 },
             }
             taken.push((i, seq));
-            answers.push(Ok(self.pub_ack(seq, false)));
+            answers.push(Ok(Stored {
+                seq,
+                duplicate: false,
+            }));
         }
         if let (Store::File(part), Some(last)) = (&self.store, last_offset) {
             if let Err(e) = part.log.acked(now as u64, last).await {
@@ -507,14 +526,6 @@ impl StreamHome {
         drop(st);
         self.removals(removed);
         Ok(Admitted::New(seq))
-    }
-
-    fn pub_ack(&self, seq: u64, duplicate: bool) -> PubAck {
-        PubAck {
-            stream: self.name.clone(),
-            seq,
-            duplicate,
-        }
     }
 
     /// Bookkeeping after the stream removed sequences.
@@ -1225,7 +1236,12 @@ pub async fn store_direct(
 ) -> Result<PubAck, Refusal> {
     let msgs = vec![Published::new(subject, batch)];
     let mut answers = store_many(shard, name.to_string(), msgs).await;
-    answers.pop().expect("one answer per message")
+    let stored = answers.pop().expect("one answer per message")?;
+    Ok(PubAck {
+        stream: name.to_string(),
+        seq: stored.seq,
+        duplicate: stored.duplicate,
+    })
 }
 
 /// Stores messages in order in the stream named `name` on its owner shard: one job there for
@@ -1234,7 +1250,7 @@ pub async fn store_many(
     shard: &Rc<Shard>,
     name: String,
     msgs: Vec<Published>,
-) -> Vec<Result<PubAck, Refusal>> {
+) -> Vec<Result<Stored, Refusal>> {
     let owner = shard.owner(&name, 0);
     shard
         .submit_to(owner, move |s| {
