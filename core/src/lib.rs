@@ -17,6 +17,7 @@ pub mod group;
 pub mod native;
 pub mod offset;
 pub mod producer;
+pub mod seq_list;
 pub mod seq_table;
 pub mod stream;
 pub mod subject;

@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 
 use crate::native::{Discard, PurgeRequest, Retention, StreamConfig, StreamState};
+use crate::seq_list::SeqList;
 use crate::seq_table::{SeqTable, Slot};
 use crate::subject;
 
@@ -61,8 +62,8 @@ pub struct Stream {
     bytes: u64,
     subject_ids: HashMap<Box<str>, u32>,
     subject_names: Vec<Arc<str>>,
-    /// Live sequences per subject id, ascending.
-    by_subject: Vec<VecDeque<u64>>,
+    /// Live sequences per subject id, ascending (4 bytes each, see [`SeqList`]).
+    by_subject: Vec<SeqList>,
     live_subjects: u64,
     /// msg id → (sequence, publish time); `dedup_order` expires them in time order.
     dedup: HashMap<String, (u64, i64)>,
@@ -248,7 +249,7 @@ impl Stream {
         let id = self.subject_names.len() as u32;
         self.subject_names.push(subject.into());
         self.subject_ids.insert(subject.into(), id);
-        self.by_subject.push(VecDeque::new());
+        self.by_subject.push(SeqList::default());
         id
     }
 
@@ -266,7 +267,7 @@ impl Stream {
         if self.by_subject[id as usize].is_empty() {
             self.live_subjects += 1;
         }
-        self.by_subject[id as usize].push_back(seq);
+        self.by_subject[id as usize].push(seq);
         self.msgs.insert(
             seq,
             Entry {
@@ -289,7 +290,7 @@ impl Stream {
         if c.max_msgs_per_subject > 0 {
             let q = &self.by_subject[id as usize];
             let over = q.len().saturating_sub(c.max_msgs_per_subject as usize);
-            doomed.extend(q.iter().take(over).copied());
+            doomed.extend(q.iter().take(over));
         }
         for s in &doomed {
             self.remove(*s);
@@ -340,9 +341,7 @@ impl Stream {
         }
         self.bytes -= e.size as u64;
         let q = &mut self.by_subject[e.subject as usize];
-        if let Ok(i) = q.binary_search(&seq) {
-            q.remove(i);
-        }
+        q.remove(seq);
         if q.is_empty() {
             self.live_subjects -= 1;
         }
@@ -392,7 +391,7 @@ impl Stream {
             let ids: Vec<u32> = self.matching_subject_ids(std::slice::from_ref(&req.filter));
             let mut v: Vec<u64> = ids
                 .iter()
-                .flat_map(|id| self.by_subject[*id as usize].iter().copied())
+                .flat_map(|id| self.by_subject[*id as usize].iter())
                 .collect();
             v.sort_unstable();
             v
@@ -470,8 +469,8 @@ impl Stream {
                 .iter()
                 .filter_map(|id| {
                     let q = &self.by_subject[*id as usize];
-                    let i = q.partition_point(|s| *s < from);
-                    q.get(i).copied().filter(|s| *s <= visible)
+                    let i = q.partition_point(|s| s < from);
+                    q.get(i).filter(|s| *s <= visible)
                 })
                 .min();
         }
@@ -498,8 +497,8 @@ impl Stream {
             .iter()
             .map(|id| {
                 let q = &self.by_subject[*id as usize];
-                let end = q.partition_point(|s| *s <= visible);
-                end.saturating_sub(q.partition_point(|s| *s < from)) as u64
+                let end = q.partition_point(|s| s <= visible);
+                end.saturating_sub(q.partition_point(|s| s < from)) as u64
             })
             .sum()
     }
@@ -508,9 +507,9 @@ impl Stream {
     pub fn last_by_subject(&self, subject: &str) -> Option<u64> {
         let id = self.subject_ids.get(subject)?;
         let q = &self.by_subject[*id as usize];
-        q.partition_point(|s| *s <= self.visible)
+        q.partition_point(|s| s <= self.visible)
             .checked_sub(1)
-            .map(|i| q[i])
+            .and_then(|i| q.get(i))
     }
 
     /// The last live sequence of every subject matching `filters`, ascending
@@ -525,9 +524,9 @@ impl Stream {
             .iter()
             .filter_map(|id| {
                 let q = &self.by_subject[*id as usize];
-                q.partition_point(|s| *s <= self.visible)
+                q.partition_point(|s| s <= self.visible)
                     .checked_sub(1)
-                    .map(|i| q[i])
+                    .and_then(|i| q.get(i))
             })
             .collect();
         v.sort_unstable();
