@@ -160,7 +160,7 @@ struct ServeArgs {
     /// socket.request.max.bytes [default: 104857600]
     #[arg(long)]
     socket_request_max_bytes: Option<usize>,
-    /// Send fetched records with sendfile (true) or read and copy them (false) [default: true]
+    /// Older-than-tail fetches: sendfile through the page cache (true) or O_DIRECT reads on io_uring, copied (false) [default: false]
     #[arg(long)]
     fetch_zero_copy: Option<bool>,
     /// group.min.session.timeout.ms [default: 6000]

@@ -709,6 +709,38 @@ impl<D: Disk> Log<D> {
         from: Offset,
         max_bytes: usize,
     ) -> Result<Option<FileRegion>, LogError> {
+        Ok(self.find_region(from, max_bytes).await?.map(|(_, r)| r))
+    }
+
+    /// The bytes of [`Log::read_region`]'s region, read from the device in one O_DIRECT read
+    /// (no page cache, no per-batch check: what a sendfile of the region would send).
+    pub async fn read_region_bytes(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<u8>>, LogError> {
+        let Some((file, region)) = self.find_region(from, max_bytes).await? else {
+            return Ok(None);
+        };
+        let bytes = file
+            .read_at(region.pos, region.len as usize)
+            .await
+            .map_err(|e| LogError::io("read", &region.path, e))?;
+        if (bytes.len() as u64) < region.len {
+            let eof = std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "segment ended inside a fetch region",
+            );
+            return Err(LogError::io("read", &region.path, eof));
+        }
+        Ok(Some(bytes))
+    }
+
+    async fn find_region(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<Option<(Rc<D::File>, FileRegion)>, LogError> {
         let mut from = from.0;
         let acked = self.readable_from(from)?;
         while from < acked {
@@ -722,11 +754,12 @@ impl<D: Disk> Log<D> {
             // the device (the batch starts at `from` < acked, so it lies within `limit`).
             if let Some(end_max) = plan.first_batch_end_max {
                 if limit > plan.pos && end_max.min(limit) - plan.pos <= max_bytes as u64 {
-                    return Ok(Some(FileRegion {
+                    let region = FileRegion {
                         path: plan.path,
                         pos: plan.pos,
                         len: (max_bytes as u64).min(limit - plan.pos),
-                    }));
+                    };
+                    return Ok(Some((plan.file, region)));
                 }
             }
             let mut walker = HeaderWalker::new(&*plan.file, &plan.path, plan.pos, limit);
@@ -739,11 +772,13 @@ impl<D: Disk> Log<D> {
                 }
                 let avail = limit - pos;
                 let first = (h.total_bytes() as u64).min(avail);
-                return Ok(Some(FileRegion {
-                    path: plan.path,
+                let region = FileRegion {
+                    path: plan.path.clone(),
                     pos,
                     len: (max_bytes as u64).min(avail).max(first),
-                }));
+                };
+                drop(walker);
+                return Ok(Some((plan.file, region)));
             }
             from = plan.segment_end.max(from + 1);
         }

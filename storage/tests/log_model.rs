@@ -174,6 +174,13 @@ async fn run(ops: Vec<Op>, fsync: FsyncPolicy) {
                     rest.starts_with(bytes),
                     "region at {from} diverges from the model"
                 );
+                // Read with O_DIRECT instead of sent from the file: the same bytes.
+                let direct = log
+                    .read_region_bytes(Offset(from), max_bytes)
+                    .await
+                    .unwrap()
+                    .expect("region bytes");
+                assert_eq!(direct, bytes, "direct region read at {from}");
             }
             Op::ByTime { at } => {
                 let Some((_, first)) = pick(&model, at) else {

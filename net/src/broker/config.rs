@@ -35,8 +35,10 @@ pub struct BrokerConfig {
     pub group_consumer_heartbeat_interval_ms: i32,
     /// `offsets.retention.minutes`, in ms.
     pub offsets_retention_ms: u64,
-    /// Send fetched records from the segment file with sendfile (true) or read and copy them
-    /// (false; also re-checks every batch's CRC).
+    /// Fetches of data older than the in-memory tail: sent from the segment file with sendfile,
+    /// through the page cache (true), or read with O_DIRECT on the shard's io_uring and copied
+    /// to the socket (false, the default: the page cache never holds O_DIRECT-written
+    /// segments, so a sendfile there reads the device synchronously, on the reactor thread).
     pub fetch_zero_copy: bool,
     /// Broker-wide defaults for topic configs (Kafka's `log.*` settings), by topic-config name.
     pub topic_defaults: BTreeMap<String, String>,
@@ -56,7 +58,7 @@ impl Default for BrokerConfig {
             auto_create_topics: true,
             default_partitions: 1,
             request_bytes_max: 100 * 1024 * 1024,
-            fetch_zero_copy: true,
+            fetch_zero_copy: false,
             group_min_session_timeout_ms: 6_000,
             group_consumer_session_timeout_ms: 45_000,
             group_consumer_heartbeat_interval_ms: 5_000,

@@ -603,70 +603,81 @@ async fn fetch(shard: &Rc<Shard>, req: FetchRequest, version: i16) -> Vec<TopicO
     out
 }
 
+/// Reads the partitions of one shard for a fetch, all at once (a backlog read of several
+/// partitions keeps several device reads in flight).
 async fn read_partitions(s: Rc<Shard>, parts: Vec<FetchPart>) -> Vec<(usize, FetchedPartition)> {
-    let mut out = Vec::with_capacity(parts.len());
-    for (i, name, index, offset, max_bytes) in parts {
-        let Some(p) = s.partition(&name, index) else {
-            out.push((
-                i,
-                FetchedPartition {
-                    error_code: ec::UNKNOWN_TOPIC_OR_PARTITION,
-                    ..Default::default()
-                },
-            ));
-            continue;
+    let reads = parts
+        .into_iter()
+        .map(|(i, name, index, offset, max_bytes)| {
+            let s = s.clone();
+            async move { (i, read_partition(&s, &name, index, offset, max_bytes).await) }
+        });
+    futures::future::join_all(reads).await
+}
+
+async fn read_partition(
+    s: &Rc<Shard>,
+    name: &str,
+    index: i32,
+    offset: i64,
+    max_bytes: i32,
+) -> FetchedPartition {
+    let Some(p) = s.partition(name, index) else {
+        return FetchedPartition {
+            error_code: ec::UNKNOWN_TOPIC_OR_PARTITION,
+            ..Default::default()
         };
-        let hw = p.log.acked_end().0;
-        let start = p.log.start_offset().0;
-        let mut fp = FetchedPartition {
-            error_code: ec::NONE,
-            high_watermark: hw,
-            log_start_offset: start,
-            records: Records::Bytes(Bytes::new()),
-        };
-        let max = max_bytes.max(1) as usize;
-        // Tailing readers are answered from the log's in-memory tail; older data from disk.
-        let cached = match p.log.read_cached(Offset(offset), max) {
-            Ok(Some(bytes)) => Some(Ok(Records::Bytes(bytes))),
-            Ok(None) => None,
-            Err(e) => Some(Err(e)),
-        };
-        let read = if let Some(r) = cached {
-            r
-        } else if s.shared.config.fetch_zero_copy {
-            match p.log.read_region(Offset(offset), max).await {
-                Ok(Some(region)) => match p.region_fd(&region) {
-                    Ok(fd) => Ok(Records::File(FileChunk {
-                        fd,
-                        pos: region.pos,
-                        len: region.len,
-                    })),
-                    Err(e) => Err(LogError::Io {
-                        op: "open for sendfile",
-                        path: region.path.display().to_string(),
-                        source: e,
-                    }),
-                },
-                Ok(None) => Ok(Records::Bytes(Bytes::new())),
-                Err(e) => Err(e),
-            }
-        } else {
-            p.log
-                .read(Offset(offset), max)
-                .await
-                .map(|b| Records::Bytes(Bytes::from(b)))
-        };
-        match read {
-            Ok(records) => fp.records = records,
-            Err(LogError::OffsetOutOfRange { .. }) => fp.error_code = ec::OFFSET_OUT_OF_RANGE,
-            Err(e) => {
-                eprintln!("sluice: fetch from {name}-{index} failed: {e}");
-                fp.error_code = log_error_code(&e);
-            }
+    };
+    let hw = p.log.acked_end().0;
+    let start = p.log.start_offset().0;
+    let mut fp = FetchedPartition {
+        error_code: ec::NONE,
+        high_watermark: hw,
+        log_start_offset: start,
+        records: Records::Bytes(Bytes::new()),
+    };
+    let max = max_bytes.max(1) as usize;
+    // Tailing readers are answered from the log's in-memory tail; older data from disk:
+    // sent from the page cache (sendfile), or read with O_DIRECT and copied.
+    let cached = match p.log.read_cached(Offset(offset), max) {
+        Ok(Some(bytes)) => Some(Ok(Records::Bytes(bytes))),
+        Ok(None) => None,
+        Err(e) => Some(Err(e)),
+    };
+    let read = if let Some(r) = cached {
+        r
+    } else if s.shared.config.fetch_zero_copy {
+        match p.log.read_region(Offset(offset), max).await {
+            Ok(Some(region)) => match p.region_fd(&region) {
+                Ok(fd) => Ok(Records::File(FileChunk {
+                    fd,
+                    pos: region.pos,
+                    len: region.len,
+                })),
+                Err(e) => Err(LogError::Io {
+                    op: "open for sendfile",
+                    path: region.path.display().to_string(),
+                    source: e,
+                }),
+            },
+            Ok(None) => Ok(Records::Bytes(Bytes::new())),
+            Err(e) => Err(e),
         }
-        out.push((i, fp));
+    } else {
+        p.log
+            .read_region_bytes(Offset(offset), max)
+            .await
+            .map(|b| Records::Bytes(b.map(Bytes::from).unwrap_or_default()))
+    };
+    match read {
+        Ok(records) => fp.records = records,
+        Err(LogError::OffsetOutOfRange { .. }) => fp.error_code = ec::OFFSET_OUT_OF_RANGE,
+        Err(e) => {
+            eprintln!("sluice: fetch from {name}-{index} failed: {e}");
+            fp.error_code = log_error_code(&e);
+        }
     }
-    out
+    fp
 }
 
 async fn wait_for_data(s: Rc<Shard>, parts: Vec<(String, i32, i64)>, timeout: Duration) {
