@@ -275,27 +275,43 @@ fn produce_thread(
                 m.key_len = key.len();
             }
         }
-        enqueue(prod, &rkt, &mut msgs[..take], stats);
+        if keys.is_empty() {
+            // One call per partition with the partition given: librdkafka enqueues such a run
+            // under one partition lock instead of partitioning and locking per message.
+            let batch = &mut msgs[..take];
+            batch.sort_by_key(|m| m.partition);
+            let mut start = 0;
+            while start < batch.len() {
+                let q = batch[start].partition;
+                let end = start + batch[start..].partition_point(|m| m.partition == q);
+                enqueue(prod, &rkt, &mut batch[start..end], q, stats);
+                start = end;
+            }
+        } else {
+            enqueue(prod, &rkt, &mut msgs[..take], PARTITION_UA, stats);
+        }
         i += take as u64;
     }
 }
 
-/// Hands `msgs` to librdkafka, waiting for room (see [`Room`]) while its queue is full.
+/// Hands `msgs` to librdkafka for `partition` (`PARTITION_UA`: each message's own, or the
+/// partitioner's), waiting for room (see [`Room`]) while its queue is full.
 fn enqueue(
     prod: &ThreadedProducer<StatsContext>,
     rkt: &RawTopic,
     msgs: &mut [rdsys::rd_kafka_message_t],
+    partition: i32,
     stats: &Stats,
 ) {
     let room = &prod.context().room;
     let mut rest = msgs;
     loop {
-        rest = produce_some(rkt, rest, stats);
+        rest = produce_some(rkt, rest, partition, stats);
         if rest.is_empty() {
             return;
         }
         room.arm();
-        rest = produce_some(rkt, rest, stats);
+        rest = produce_some(rkt, rest, partition, stats);
         if rest.is_empty() {
             room.park_cancel();
             return;
@@ -309,16 +325,22 @@ fn enqueue(
 fn produce_some<'m>(
     rkt: &RawTopic,
     msgs: &'m mut [rdsys::rd_kafka_message_t],
+    partition: i32,
     stats: &Stats,
 ) -> &'m mut [rdsys::rd_kafka_message_t] {
     use rdsys::rd_kafka_resp_err_t as E;
+    let flags = if partition == PARTITION_UA {
+        rdsys::RD_KAFKA_MSG_F_COPY | rdsys::RD_KAFKA_MSG_F_PARTITION
+    } else {
+        rdsys::RD_KAFKA_MSG_F_COPY
+    };
     // SAFETY: the messages point into buffers that outlive the call; with MSG_F_COPY
     // librdkafka copies payloads and keys before returning.
     unsafe {
         rdsys::rd_kafka_produce_batch(
             rkt.0,
-            PARTITION_UA,
-            rdsys::RD_KAFKA_MSG_F_COPY | rdsys::RD_KAFKA_MSG_F_PARTITION,
+            partition,
+            flags,
             msgs.as_mut_ptr(),
             msgs.len() as i32,
         );
