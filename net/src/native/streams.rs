@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use sluice_core::batch::{self, BatchBuilder, Compression};
 use sluice_core::consumer::{Consumer, ConsumerSnapshot};
 use sluice_core::native::{
-    status, AckKind, AckPolicy, ConsumerConfig, ConsumerInfo, FetchRequest, MsgMeta, PubAck,
-    PurgeRequest, Retention, Storage, StoredMsg, StreamInfo,
+    status, AckKind, AckPolicy, ConsumerConfig, ConsumerInfo, FetchRequest, MsgMeta, PurgeRequest,
+    Retention, Storage, StoredMsg, StreamInfo,
 };
 use sluice_core::stream::{PublishVerdict, Stream};
 use sluice_core::Offset;
@@ -391,18 +391,6 @@ impl StreamHome {
 
     pub fn config(&self) -> sluice_core::native::StreamConfig {
         self.state.borrow().config.clone()
-    }
-
-    /// Stores a published message. The batch is the client's, stored as is.
-    pub async fn publish(&self, subject: &str, batch: Bytes) -> Result<PubAck, Refusal> {
-        let msg = [Published::new(subject, batch)];
-        let mut answers = self.publish_many(&msg).await;
-        let stored = answers.pop().expect("one answer per message")?;
-        Ok(PubAck {
-            stream: self.name.clone(),
-            seq: stored.seq,
-            duplicate: stored.duplicate,
-        })
     }
 
     /// Stores published messages in order, one answer each. A file stream takes them all into
@@ -1233,15 +1221,10 @@ pub async fn store_direct(
     name: &str,
     subject: &str,
     batch: Bytes,
-) -> Result<PubAck, Refusal> {
+) -> Result<Stored, Refusal> {
     let msgs = vec![Published::new(subject, batch)];
     let mut answers = store_many(shard, name.to_string(), msgs).await;
-    let stored = answers.pop().expect("one answer per message")?;
-    Ok(PubAck {
-        stream: name.to_string(),
-        seq: stored.seq,
-        duplicate: stored.duplicate,
-    })
+    answers.pop().expect("one answer per message")
 }
 
 /// Stores messages in order in the stream named `name` on its owner shard: one job there for
