@@ -241,6 +241,7 @@ impl GroupCoordinator {
         }
         // Resolve the member id.
         let mut member_id = req.member_id.clone();
+        let mut static_restart = false;
         if let Some(instance) = &req.group_instance_id {
             if let Some(old) = group.static_members.get(instance).cloned() {
                 if member_id.is_empty() {
@@ -248,6 +249,7 @@ impl GroupCoordinator {
                     // under a new id, without a rebalance if nothing else changed.
                     self.next_member += 1;
                     member_id = format!("{instance}-{}", self.next_member);
+                    static_restart = true;
                     if let Some(mut m) = group.members.remove(&old) {
                         m.join_ticket = None;
                         m.sync_ticket = None;
@@ -316,10 +318,18 @@ impl GroupCoordinator {
         group.protocol_type = Some(req.protocol_type.clone());
         match group.state {
             GroupState::Stable | GroupState::CompletingRebalance
-                if !changed && existing.is_some() =>
+                if !changed
+                    && existing.is_some()
+                    && (static_restart
+                        || group.state != GroupState::Stable
+                        || group.leader.as_deref() != Some(member_id.as_str())) =>
             {
-                // A member rejoining with the same metadata in a settled group: answer with the
-                // current generation (Kafka does the same for "join without change").
+                // A member rejoining with the same metadata: answer with the current generation
+                // (Kafka does the same for "join without change"). Not the leader of a stable
+                // group: its rejoin asks for a new assignment with what its metadata did not
+                // show (a consumer leader that assigned before it knew a topic's partitions
+                // rejoins once it does), so it rebalances, as in Kafka. A static member
+                // restarting under a new id keeps the generation, the leader too (Kafka alike).
                 let resp = join_response(group, &member_id);
                 group
                     .members
@@ -1071,6 +1081,56 @@ mod tests {
                 assignment: vec![]
             })
         );
+    }
+
+    /// kafka-python's leader assigns before its first metadata names the topic (nothing to
+    /// assign), then rejoins with unchanged subscription metadata once it knows the partitions:
+    /// that rejoin must start a new generation whose sync carries the new assignment. A
+    /// follower's unchanged rejoin is answered at once with the current generation.
+    #[test]
+    fn a_stable_leader_rejoining_unchanged_rebalances_a_follower_does_not() {
+        let mut c = GroupCoordinator::new(GroupLimits::default());
+        let (a, ta) = join_new(&mut c, 0);
+        let (b, tb) = join_new(&mut c, 10);
+        c.tick(3_000);
+        let done = completions(&mut c);
+        assert!(done.contains_key(&ta) && done.contains_key(&tb));
+        let _ = c.sync("g", &b, 1, vec![]);
+        let _ = c.sync("g", &a, 1, vec![(a.clone(), vec![]), (b.clone(), vec![])]);
+        assert_eq!(completions(&mut c).len(), 2);
+        assert_eq!(c.state("g"), Some(GroupState::Stable));
+
+        // The follower's unchanged rejoin: the current generation, no rebalance.
+        let Reply::Now(jb) = c.join(3_100, join_req(&b, None)) else {
+            panic!("a follower's unchanged rejoin is answered at once")
+        };
+        assert_eq!((jb.error_code, jb.generation_id), (codes::NONE, 1));
+        assert_eq!(c.state("g"), Some(GroupState::Stable));
+
+        // The leader's unchanged rejoin: a rebalance to generation 2.
+        let Reply::Parked(ta2) = c.join(3_200, join_req(&a, None)) else {
+            panic!("the leader's rejoin starts a rebalance")
+        };
+        assert_eq!(c.state("g"), Some(GroupState::PreparingRebalance));
+        assert_eq!(c.heartbeat(3_300, "g", &b, 1), codes::REBALANCE_IN_PROGRESS);
+        let Reply::Parked(tb2) = c.join(3_400, join_req(&b, None)) else {
+            panic!("the follower rejoins the new round")
+        };
+        let done = completions(&mut c);
+        let Completion::Join(ja) = &done[&ta2] else {
+            panic!("the round completes once both rejoined")
+        };
+        assert_eq!((ja.generation_id, ja.leader.as_str()), (2, a.as_str()));
+        assert!(done.contains_key(&tb2));
+        let Reply::Parked(sb) = c.sync("g", &b, 2, vec![]) else {
+            panic!("the follower waits for the leader's assignment")
+        };
+        let assignments = vec![(a.clone(), b"A".to_vec()), (b.clone(), b"B".to_vec())];
+        let _ = c.sync("g", &a, 2, assignments);
+        let Completion::Sync(rb) = &completions(&mut c)[&sb] else {
+            panic!("the follower's sync is answered")
+        };
+        assert_eq!(rb.assignment, b"B", "the new assignment reaches the follower");
     }
 
     #[test]
