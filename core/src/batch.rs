@@ -79,6 +79,23 @@ impl Compression {
     }
 }
 
+/// The offset after the last whole batch at the start of `bytes`: a run of stored batches that
+/// may end inside a batch (a fetch region, which a consumer follows by fetching from there).
+/// `None` when not even the first batch is whole or a header does not decode.
+pub fn end_of_whole_batches(bytes: &[u8]) -> Option<i64> {
+    let mut pos = 0usize;
+    let mut end = None;
+    while let Ok(h) = BatchHeader::parse(&bytes[pos..]) {
+        let next = pos.checked_add(h.total_bytes())?;
+        if next > bytes.len() {
+            break;
+        }
+        end = Some(h.last_offset().wrapping_add(1));
+        pos = next;
+    }
+    end
+}
+
 /// Timestamp type (attributes bit 3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TimestampType {
@@ -754,6 +771,34 @@ mod tests {
         let rs = records(&out[6..], 1 << 20).unwrap();
         assert_eq!(rs.len(), 2);
         assert_eq!(rs[0].value.as_deref(), Some(&[5u8; 300][..]));
+    }
+
+    #[test]
+    fn end_of_whole_batches_stops_at_a_cut_batch() {
+        let batch = |base: i64, n: usize| {
+            let mut b = BatchBuilder::new(Compression::None, 0);
+            for i in 0..n {
+                b.push(i as i64, None, Some(&[1u8; 100]), &[]);
+            }
+            let mut bytes = b.build();
+            set_base_offset(&mut bytes, Offset(base));
+            bytes
+        };
+        let mut run = batch(10, 3);
+        let first = run.len();
+        run.extend(batch(13, 5));
+        let whole = run.len();
+        run.extend(batch(18, 2));
+        assert_eq!(end_of_whole_batches(&run), Some(20));
+        assert_eq!(end_of_whole_batches(&run[..run.len() - 1]), Some(18));
+        assert_eq!(end_of_whole_batches(&run[..whole + 30]), Some(18));
+        assert_eq!(end_of_whole_batches(&run[..first]), Some(13));
+        assert_eq!(end_of_whole_batches(&run[..first - 1]), None);
+        assert_eq!(end_of_whole_batches(&run[..5]), None);
+        assert_eq!(end_of_whole_batches(&[]), None);
+        let mut bad = run.clone();
+        bad[first + 16] = 1; // the second batch's magic
+        assert_eq!(end_of_whole_batches(&bad), Some(13));
     }
 
     #[test]

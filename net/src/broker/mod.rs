@@ -5,6 +5,7 @@ pub mod config;
 pub mod groups;
 pub mod metadata;
 pub mod partition;
+pub mod read_ahead;
 pub mod shard;
 
 use std::sync::atomic::Ordering;

@@ -59,6 +59,8 @@ pub struct Shard {
     pub groups: RefCell<Option<Rc<super::groups::GroupHome>>>,
     /// Native protocol: subscriptions, connections, streams owned here.
     pub native: crate::native::pubsub::NativeShard,
+    /// Kafka fetch: regions of owned partitions read ahead for consumers replaying from disk.
+    pub read_ahead: super::read_ahead::ReadAhead,
 }
 
 impl Shard {
@@ -74,6 +76,7 @@ impl Shard {
             idle: Notify::default(),
             groups: RefCell::new(None),
             native: Default::default(),
+            read_ahead: Default::default(),
         })
     }
 

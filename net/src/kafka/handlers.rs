@@ -638,13 +638,18 @@ async fn read_partition(
     };
     let max = max_bytes.max(1) as usize;
     // Tailing readers are answered from the log's in-memory tail; older data from disk:
-    // sent from the page cache (sendfile), or read with O_DIRECT and copied.
+    // sent from the page cache (sendfile), or read with O_DIRECT and copied, the region the
+    // consumer will ask for next read ahead meanwhile (see `read_ahead`).
     let cached = match p.log.read_cached(Offset(offset), max) {
         Ok(Some(bytes)) => Some(Ok(Records::Bytes(bytes))),
         Ok(None) => None,
         Err(e) => Some(Err(e)),
     };
     let read = if let Some(r) = cached {
+        if !s.read_ahead.is_empty() {
+            // Caught up with the tail: what was read ahead behind here is of no more use.
+            drop(s.read_ahead.take(&p, offset, max));
+        }
         r
     } else if s.shared.config.fetch_zero_copy {
         match p.log.read_region(Offset(offset), max).await {
@@ -664,10 +669,14 @@ async fn read_partition(
             Err(e) => Err(e),
         }
     } else {
-        p.log
-            .read_region_bytes(Offset(offset), max)
-            .await
-            .map(|b| Records::Bytes(b.map(Bytes::from).unwrap_or_default()))
+        let read = match s.read_ahead.take(&p, offset, max) {
+            Some(ahead) => ahead.await,
+            None => p.log.read_region_bytes(Offset(offset), max).await,
+        };
+        if let Ok(Some(region)) = &read {
+            s.read_ahead.follow(&p, offset, max, region);
+        }
+        read.map(|b| Records::Bytes(b.map(Bytes::from).unwrap_or_default()))
     };
     match read {
         Ok(records) => fp.records = records,
