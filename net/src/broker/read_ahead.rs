@@ -39,15 +39,29 @@ struct Entry {
     read: Task<Read>,
 }
 
-#[derive(Default)]
 pub struct ReadAhead {
     /// Oldest first.
     entries: RefCell<VecDeque<Entry>>,
     /// The sum of the entries' `max_bytes`.
     held: Cell<usize>,
+    budget: usize,
+}
+
+impl Default for ReadAhead {
+    fn default() -> Self {
+        ReadAhead::with_budget(READ_AHEAD_BUDGET_BYTES)
+    }
 }
 
 impl ReadAhead {
+    pub fn with_budget(budget: usize) -> ReadAhead {
+        ReadAhead {
+            entries: RefCell::default(),
+            held: Cell::new(0),
+            budget,
+        }
+    }
+
     /// The region read ahead for exactly this fetch, if any (removed: a region serves one
     /// fetch). Entries of the same partition behind `offset` are dropped: that consumer has
     /// moved past them.
@@ -78,7 +92,7 @@ impl ReadAhead {
     /// when it was cut by the size cap and more is acknowledged, starts reading the region the
     /// consumer's next fetch will ask for.
     pub fn follow(&self, p: &Rc<Partition>, offset: i64, max_bytes: usize, region: &[u8]) {
-        if region.len() < max_bytes || max_bytes > READ_AHEAD_BUDGET_BYTES / 4 {
+        if region.len() < max_bytes || max_bytes > self.budget / 4 {
             return;
         }
         let Some(next) = batch::end_of_whole_batches(region) else {
@@ -88,7 +102,7 @@ impl ReadAhead {
             return;
         }
         let mut entries = self.entries.borrow_mut();
-        while self.held.get() + max_bytes > READ_AHEAD_BUDGET_BYTES {
+        while self.held.get() + max_bytes > self.budget {
             let Some(old) = entries.pop_front() else {
                 break;
             };
@@ -115,5 +129,92 @@ impl ReadAhead {
 
     pub fn is_empty(&self) -> bool {
         self.entries.borrow().is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::config::TopicConfig;
+    use sluice_core::batch::{BatchBuilder, Compression};
+    use sluice_storage::{run_local, LogConfig};
+
+    /// A log of 40 batches of 4 records of 1 KiB: regions of 16 KiB cut every fourth batch.
+    async fn partition(dir: &std::path::Path) -> Rc<Partition> {
+        let config = TopicConfig {
+            log: LogConfig::default(),
+            log_append_time: false,
+        };
+        let p = Partition::open(dir.to_path_buf(), "t", 0, &config, 1)
+            .await
+            .unwrap();
+        for _ in 0..40 {
+            let mut b = BatchBuilder::new(Compression::None, 1);
+            for i in 0..4 {
+                b.push(i, None, Some(&[i as u8; 1024]), &[]);
+            }
+            p.produce(b.build(), 1).await.unwrap();
+        }
+        p.log.sync(1).await.unwrap();
+        assert_eq!(p.log.acked_end(), Offset(160));
+        Rc::new(p)
+    }
+
+    async fn region(p: &Partition, offset: i64, max: usize) -> Vec<u8> {
+        p.log
+            .read_region_bytes(Offset(offset), max)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn the_next_region_is_read_ahead_and_serves_exactly_that_fetch() {
+        let dir = std::env::temp_dir().join(format!("sluice-read-ahead-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        run_local("read-ahead-test", async {
+            let p = partition(&dir).await;
+            let ra = ReadAhead::with_budget(64 << 10);
+            let max = 10_000;
+            let first = region(&p, 0, max).await;
+            assert_eq!(first.len(), max, "the region is cut by the cap");
+            let next = batch::end_of_whole_batches(&first).unwrap();
+            assert_eq!(next, 8, "two whole batches of four records fit");
+
+            // A region that was not cut (the end of the log) is not followed.
+            let last = region(&p, 156, max).await;
+            ra.follow(&p, 156, max, &last);
+            assert!(ra.is_empty());
+
+            ra.follow(&p, 0, max, &first);
+            assert_eq!(ra.len(), 1);
+            assert!(ra.take(&p, next, max + 1).is_none(), "another cap: no hit");
+            assert!(ra.is_empty(), "...and the stale region is dropped");
+            ra.follow(&p, 0, max, &first);
+            let ahead = ra.take(&p, next, max).expect("the fetch that follows is a hit");
+            let got = ahead.await.unwrap().unwrap();
+            assert_eq!(got, region(&p, next, max).await, "the same bytes as a read");
+            assert!(ra.is_empty(), "a region serves one fetch");
+
+            // The budget holds at most 64 KiB / 10 000 = 6 regions: the oldest go first.
+            for offset in (0..40).step_by(4) {
+                let r = region(&p, offset, max).await;
+                ra.follow(&p, offset, max, &r);
+            }
+            // Held: the regions at 24, 28, .., 44 (each follow reads from two batches on).
+            assert_eq!(ra.len(), 6);
+            assert!(ra.take(&p, 20, max).is_none(), "an evicted region");
+            assert_eq!(ra.len(), 6, "regions further on stay (another consumer's)");
+            assert!(ra.take(&p, 30, max).is_none());
+            assert_eq!(ra.len(), 4, "regions behind a fetch are dropped");
+
+            // Once retention or DeleteRecords moved the log start past it, a region is not used.
+            ra.follow(&p, 100, max, &region(&p, 100, max).await);
+            let next = batch::end_of_whole_batches(&region(&p, 100, max).await).unwrap();
+            p.log.delete_records_before(Offset(next + 1)).await.unwrap();
+            assert!(ra.take(&p, next, max).is_none());
+        })
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
