@@ -5,18 +5,20 @@
 //! log's in-memory tail waits for its O_DIRECT reads, so the device idled while the response
 //! travelled and the client parsed it, and the client idled while the device read. After a
 //! fetch read a region from disk, the region the consumer will ask for next (it continues at
-//! the first batch the region cut, with the same size cap) is read in the background, so the
-//! next fetch finds it read. The page cache's read-ahead, which this replaces for O_DIRECT
-//! segments, does the same for buffered files.
+//! the first batch the region cut, with the same size cap) is read in the background, and the
+//! one after it once that is read ([`READ_AHEAD_DEPTH`]), so the next fetch finds its region
+//! read. The page cache's read-ahead, which this replaces for O_DIRECT segments, does the same
+//! for buffered files.
 //!
 //! Per shard, bounded: at most [`READ_AHEAD_BUDGET_BYTES`] of regions read or being read, the
-//! oldest dropped first (dropping a read in flight cancels it). A region is used only by a
-//! fetch for exactly its partition, offset and size cap, and only while its offset is still
-//! in the log (retention or DeleteRecords may have moved the start past it since).
+//! least recently used consumer's dropped first (dropping a read in flight cancels it). A
+//! region is used only by a fetch for exactly its partition, offset and size cap, and only
+//! while its offset is still in the log (retention or DeleteRecords may have moved the start
+//! past it since).
 
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use glommio::Task;
 use sluice_core::batch;
@@ -29,22 +31,52 @@ use super::partition::Partition;
 /// `max.partition.fetch.bytes` (1 MiB by default in Kafka's clients) over a topic's partitions.
 pub const READ_AHEAD_BUDGET_BYTES: usize = 64 << 20;
 
+/// Regions read ahead of one consumer of one partition: two, so that the device reads the one
+/// after next while the next is being sent (one left the device idle about half the time).
+pub const READ_AHEAD_DEPTH: usize = 2;
+
 type Read = Result<Option<Vec<u8>>, LogError>;
 
-struct Entry {
-    topic: String,
-    partition: i32,
+/// Where the region after a region starts, once the region is read.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum After {
+    Reading,
+    At(i64),
+    /// Not cut by the cap, or nothing acknowledged after it: the consumer has caught up.
+    End,
+}
+
+struct Region {
     offset: i64,
-    max_bytes: usize,
     read: Task<Read>,
+    after: Rc<Cell<After>>,
+}
+
+/// Consecutive regions of one partition for one fetch size cap (one consumer): the front is
+/// what its next fetch asks for.
+struct Stream {
+    part: Rc<Partition>,
+    max_bytes: usize,
+    regions: VecDeque<Region>,
+}
+
+impl Stream {
+    fn of(&self, p: &Partition) -> bool {
+        self.part.topic == p.topic && self.part.index == p.index
+    }
+}
+
+struct Inner {
+    /// Least recently used first.
+    streams: RefCell<Vec<Stream>>,
+    /// Bytes of the regions held or being read (each counted at its cap).
+    held: Cell<usize>,
+    budget: usize,
+    this: Weak<Inner>,
 }
 
 pub struct ReadAhead {
-    /// Oldest first.
-    entries: RefCell<VecDeque<Entry>>,
-    /// The sum of the entries' `max_bytes`.
-    held: Cell<usize>,
-    budget: usize,
+    inner: Rc<Inner>,
 }
 
 impl Default for ReadAhead {
@@ -56,43 +88,46 @@ impl Default for ReadAhead {
 impl ReadAhead {
     pub fn with_budget(budget: usize) -> ReadAhead {
         ReadAhead {
-            entries: RefCell::default(),
-            held: Cell::new(0),
-            budget,
+            inner: Rc::new_cyclic(|this| Inner {
+                streams: RefCell::default(),
+                held: Cell::new(0),
+                budget,
+                this: this.clone(),
+            }),
         }
     }
 
     /// The region read ahead for exactly this fetch, if any (removed: a region serves one
-    /// fetch). Entries of the same partition behind `offset` are dropped: that consumer has
-    /// moved past them.
+    /// fetch). Regions of the partition at or behind `offset` that do not serve it are
+    /// dropped (that consumer has moved on, or changed its cap); those further on are kept
+    /// (another consumer's).
     pub fn take(&self, p: &Partition, offset: i64, max_bytes: usize) -> Option<Task<Read>> {
+        let inner = &self.inner;
         let start = p.log.start_offset().0;
-        let mut entries = self.entries.borrow_mut();
+        let mut streams = inner.streams.borrow_mut();
         let mut found = None;
-        let mut i = 0;
-        while i < entries.len() {
-            let e = &entries[i];
-            let ours = e.topic == p.topic && e.partition == p.index;
-            // Kept: other partitions', and this one's further on (another consumer's).
-            if !ours || (e.offset > offset && e.offset >= start) {
-                i += 1;
-                continue;
-            }
-            let e = entries.remove(i).expect("index in range");
-            self.held.set(self.held.get() - e.max_bytes);
-            if found.is_none() && e.offset == offset && e.max_bytes == max_bytes && offset >= start
-            {
-                found = Some(e.read);
+        for st in streams.iter_mut().filter(|st| st.of(p)) {
+            while let Some(r) = st.regions.front() {
+                if r.offset > offset && r.offset >= start {
+                    break;
+                }
+                let r = st.regions.pop_front().expect("front exists");
+                inner.held.set(inner.held.get() - st.max_bytes);
+                if found.is_none() && r.offset == offset && st.max_bytes == max_bytes {
+                    found = (offset >= start).then_some(r.read);
+                }
             }
         }
+        streams.retain(|st| !st.regions.is_empty());
         found
     }
 
     /// After a fetch read `region` (the bytes at `offset` onward, up to `max_bytes`) from disk:
-    /// when it was cut by the size cap and more is acknowledged, starts reading the region the
-    /// consumer's next fetch will ask for.
+    /// when it was cut by the size cap and more is acknowledged, makes sure the regions the
+    /// consumer's next fetches will ask for are being read.
     pub fn follow(&self, p: &Rc<Partition>, offset: i64, max_bytes: usize, region: &[u8]) {
-        if region.len() < max_bytes || max_bytes > self.budget / 4 {
+        let inner = &self.inner;
+        if region.len() < max_bytes || max_bytes > inner.budget / (2 * READ_AHEAD_DEPTH) {
             return;
         }
         let Some(next) = batch::end_of_whole_batches(region) else {
@@ -101,34 +136,103 @@ impl ReadAhead {
         if next <= offset || next >= p.log.acked_end().0 {
             return;
         }
-        let mut entries = self.entries.borrow_mut();
-        while self.held.get() + max_bytes > self.budget {
-            let Some(old) = entries.pop_front() else {
-                break;
-            };
-            self.held.set(self.held.get() - old.max_bytes);
+        let mut streams = inner.streams.borrow_mut();
+        let at = streams.iter().position(|st| {
+            st.of(p) && st.max_bytes == max_bytes && st.regions.front().map(|r| r.offset) == Some(next)
+        });
+        let mut st = match at {
+            Some(i) => streams.remove(i),
+            None => {
+                let mut st = Stream {
+                    part: p.clone(),
+                    max_bytes,
+                    regions: VecDeque::new(),
+                };
+                inner.read(&mut streams, &mut st, next);
+                st
+            }
+        };
+        inner.top_up(&mut streams, &mut st);
+        if !st.regions.is_empty() {
+            streams.push(st);
         }
-        let part = p.clone();
-        let read = glommio::spawn_local(async move {
-            part.log.read_region_bytes(Offset(next), max_bytes).await
-        });
-        entries.push_back(Entry {
-            topic: p.topic.clone(),
-            partition: p.index,
-            offset: next,
-            max_bytes,
-            read,
-        });
-        self.held.set(self.held.get() + max_bytes);
     }
 
-    /// Regions held or being read (for tests and stats).
+    /// Regions held or being read (for tests).
     pub fn len(&self) -> usize {
-        self.entries.borrow().len()
+        self.inner.streams.borrow().iter().map(|st| st.regions.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.borrow().is_empty()
+        self.inner.streams.borrow().is_empty()
+    }
+}
+
+impl Inner {
+    /// Reads ahead after the stream's last region while it is shorter than the depth and
+    /// where the last region ends is known (a region being read tops its stream up when done).
+    fn top_up(&self, streams: &mut Vec<Stream>, st: &mut Stream) {
+        while st.regions.len() < READ_AHEAD_DEPTH {
+            let Some(last) = st.regions.back() else {
+                return;
+            };
+            match last.after.get() {
+                After::At(next) if next < st.part.log.acked_end().0 => {
+                    self.read(streams, st, next)
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// Starts reading the region at `offset` into `st`, within the budget (the least recently
+    /// used other streams give way).
+    fn read(&self, streams: &mut Vec<Stream>, st: &mut Stream, offset: i64) {
+        while self.held.get() + st.max_bytes > self.budget && !streams.is_empty() {
+            let old = streams.remove(0);
+            self.held
+                .set(self.held.get() - old.max_bytes * old.regions.len());
+        }
+        if self.held.get() + st.max_bytes > self.budget {
+            return;
+        }
+        let (part, max, this) = (st.part.clone(), st.max_bytes, self.this.clone());
+        let after = Rc::new(Cell::new(After::Reading));
+        let done = after.clone();
+        let read = glommio::spawn_local(async move {
+            let read = part.log.read_region_bytes(Offset(offset), max).await;
+            let next = match &read {
+                Ok(Some(r)) if r.len() >= max => batch::end_of_whole_batches(r)
+                    .filter(|&n| n > offset && n < part.log.acked_end().0),
+                _ => None,
+            };
+            done.set(next.map_or(After::End, After::At));
+            if let Some(inner) = this.upgrade() {
+                inner.read_done(&part, max, offset);
+            }
+            read
+        });
+        self.held.set(self.held.get() + st.max_bytes);
+        st.regions.push_back(Region {
+            offset,
+            read,
+            after,
+        });
+    }
+
+    /// A region finished reading: its stream may read further ahead.
+    fn read_done(&self, p: &Partition, max_bytes: usize, offset: i64) {
+        let mut streams = self.streams.borrow_mut();
+        let at = streams.iter().position(|st| {
+            st.of(p)
+                && st.max_bytes == max_bytes
+                && st.regions.back().map(|r| r.offset) == Some(offset)
+        });
+        if let Some(i) = at {
+            let mut st = streams.remove(i);
+            self.top_up(&mut streams, &mut st);
+            streams.push(st);
+        }
     }
 }
 
@@ -168,8 +272,13 @@ mod tests {
             .unwrap()
     }
 
+    /// Lets the reads in flight finish (and chain).
+    async fn settle() {
+        glommio::timer::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
     #[test]
-    fn the_next_region_is_read_ahead_and_serves_exactly_that_fetch() {
+    fn the_next_regions_are_read_ahead_and_serve_exactly_those_fetches() {
         let dir = std::env::temp_dir().join(format!("sluice-read-ahead-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         run_local("read-ahead-test", async {
@@ -190,29 +299,37 @@ mod tests {
             assert_eq!(ra.len(), 1);
             assert!(ra.take(&p, next, max + 1).is_none(), "another cap: no hit");
             assert!(ra.is_empty(), "...and the stale region is dropped");
+
+            // Read ahead two regions deep: the second starts once the first is read.
             ra.follow(&p, 0, max, &first);
+            settle().await;
+            assert_eq!(ra.len(), READ_AHEAD_DEPTH);
             let ahead = ra.take(&p, next, max).expect("the fetch that follows is a hit");
             let got = ahead.await.unwrap().unwrap();
             assert_eq!(got, region(&p, next, max).await, "the same bytes as a read");
-            assert!(ra.is_empty(), "a region serves one fetch");
+            assert_eq!(ra.len(), 1, "a region serves one fetch");
+            ra.follow(&p, next, max, &got);
+            settle().await;
+            assert_eq!(ra.len(), 2, "topped up to the depth again");
+            let second = ra.take(&p, 16, max).expect("the region after is a hit too");
+            assert_eq!(second.await.unwrap().unwrap(), region(&p, 16, max).await);
 
-            // The budget holds at most 64 KiB / 10 000 = 6 regions: the oldest go first.
-            for offset in (0..40).step_by(4) {
-                let r = region(&p, offset, max).await;
-                ra.follow(&p, offset, max, &r);
+            // Other consumers' streams: 64 KiB holds six regions of 10 000 bytes, so the
+            // least recently used stream (the one at 24) gives way.
+            for at in [40, 80, 120] {
+                ra.follow(&p, at, max, &region(&p, at, max).await);
+                settle().await;
             }
-            // Held: the regions at 24, 28, .., 44 (each follow reads from two batches on).
             assert_eq!(ra.len(), 6);
-            assert!(ra.take(&p, 20, max).is_none(), "an evicted region");
+            assert!(ra.take(&p, 24, max).is_none(), "an evicted region");
             assert_eq!(ra.len(), 6, "regions further on stay (another consumer's)");
-            assert!(ra.take(&p, 30, max).is_none());
-            assert_eq!(ra.len(), 4, "regions behind a fetch are dropped");
+            let hit = ra.take(&p, 48, max).expect("another consumer's region");
+            assert_eq!(hit.await.unwrap().unwrap(), region(&p, 48, max).await);
+            assert_eq!(ra.len(), 5);
 
             // Once retention or DeleteRecords moved the log start past it, a region is not used.
-            ra.follow(&p, 100, max, &region(&p, 100, max).await);
-            let next = batch::end_of_whole_batches(&region(&p, 100, max).await).unwrap();
-            p.log.delete_records_before(Offset(next + 1)).await.unwrap();
-            assert!(ra.take(&p, next, max).is_none());
+            p.log.delete_records_before(Offset(130)).await.unwrap();
+            assert!(ra.take(&p, 128, max).is_none());
         })
         .unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
