@@ -1130,7 +1130,10 @@ mod tests {
         let Completion::Sync(rb) = &completions(&mut c)[&sb] else {
             panic!("the follower's sync is answered")
         };
-        assert_eq!(rb.assignment, b"B", "the new assignment reaches the follower");
+        assert_eq!(
+            rb.assignment, b"B",
+            "the new assignment reaches the follower"
+        );
     }
 
     #[test]

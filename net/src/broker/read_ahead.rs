@@ -138,7 +138,9 @@ impl ReadAhead {
         }
         let mut streams = inner.streams.borrow_mut();
         let at = streams.iter().position(|st| {
-            st.of(p) && st.max_bytes == max_bytes && st.regions.front().map(|r| r.offset) == Some(next)
+            st.of(p)
+                && st.max_bytes == max_bytes
+                && st.regions.front().map(|r| r.offset) == Some(next)
         });
         let mut st = match at {
             Some(i) => streams.remove(i),
@@ -160,7 +162,12 @@ impl ReadAhead {
 
     /// Regions held or being read (for tests).
     pub fn len(&self) -> usize {
-        self.inner.streams.borrow().iter().map(|st| st.regions.len()).sum()
+        self.inner
+            .streams
+            .borrow()
+            .iter()
+            .map(|st| st.regions.len())
+            .sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -177,9 +184,7 @@ impl Inner {
                 return;
             };
             match last.after.get() {
-                After::At(next) if next < st.part.log.acked_end().0 => {
-                    self.read(streams, st, next)
-                }
+                After::At(next) if next < st.part.log.acked_end().0 => self.read(streams, st, next),
                 _ => return,
             }
         }
@@ -304,7 +309,9 @@ mod tests {
             ra.follow(&p, 0, max, &first);
             settle().await;
             assert_eq!(ra.len(), READ_AHEAD_DEPTH);
-            let ahead = ra.take(&p, next, max).expect("the fetch that follows is a hit");
+            let ahead = ra
+                .take(&p, next, max)
+                .expect("the fetch that follows is a hit");
             let got = ahead.await.unwrap().unwrap();
             assert_eq!(got, region(&p, next, max).await, "the same bytes as a read");
             assert_eq!(ra.len(), 1, "a region serves one fetch");
