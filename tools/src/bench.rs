@@ -306,6 +306,27 @@ pub(crate) fn run_fio(dir: &Path, bytes: u64) -> Result<f64, String> {
     Ok(bw / 1e6)
 }
 
+/// fio's sequential O_DIRECT read bandwidth in MB/s over `bytes` in `dir` (1 MiB reads, 8 in
+/// flight on io_uring: about what a backlog replay keeps in flight).
+pub(crate) fn run_fio_read(dir: &Path, bytes: u64) -> Result<f64, String> {
+    let v = fio_json(
+        dir,
+        &[
+            "--name=seqread",
+            "--rw=read",
+            "--bs=1M",
+            "--direct=1",
+            "--ioengine=io_uring",
+            "--iodepth=8",
+        ],
+        bytes,
+    )?;
+    let bw = v["jobs"][0]["read"]["bw_bytes"]
+        .as_f64()
+        .ok_or("fio output has no jobs[0].read.bw_bytes")?;
+    Ok(bw / 1e6)
+}
+
 /// The device under a durable write pattern, as a log with fsync before the ack uses it.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DurableCeiling {

@@ -1,7 +1,7 @@
 //! `sluice-bench compare`: starts Sluice and each peer on loopback with a stated configuration,
 //! pins brokers and load to stated cores, runs the same workloads against each (one broker at a
 //! time, fresh data directories), stops them, and prints one table of ratios plus the
-//! machine's ceilings measured in the same run (fio sequential O_DIRECT write, iperf3 over
+//! machine's ceilings measured in the same run (fio sequential O_DIRECT write and read, iperf3 over
 //! loopback if installed).
 //!
 //! Systems and their durable configurations:
@@ -297,6 +297,8 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
     let fio = crate::run_fio(&a.dir, 1 << 30)?;
     eprintln!("ceilings: fio O_DIRECT write + fdatasync (1 MiB each; 64 KiB each at 50 MB/s)…");
     let durable = crate::run_fio_durable(&a.dir)?;
+    eprintln!("ceilings: fio sequential O_DIRECT read (1 GiB, bs=1M, 8 in flight)…");
+    let fio_read = crate::run_fio_read(&a.dir, 1 << 30)?;
     let iperf = iperf3_gbit();
     pin_self(&a.load_cpus)?;
     let rt = load_cmd::runtime()?;
@@ -360,7 +362,7 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
         }
         table.extend(runs);
     }
-    print_table(&table, fio, &durable, iperf);
+    print_table(&table, fio, fio_read, &durable, iperf);
     if let Some(p) = &a.json {
         let mut workloads = Map::new();
         for r in &table {
@@ -381,6 +383,7 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
         let out = json!({
             "ceilings": {
                 "fio_write_mb_per_s": fio,
+                "fio_read_mb_per_s": fio_read,
                 "fio_durable_write_mb_per_s": durable.mb_per_s,
                 "fio_durable_64k_write_p50_ms": durable.write_p50_ms,
                 "fio_durable_64k_write_p99_ms": durable.write_p99_ms,
@@ -405,10 +408,16 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn print_table(runs: &[Report], fio: f64, durable: &crate::DurableCeiling, iperf: Option<f64>) {
+fn print_table(
+    runs: &[Report],
+    fio: f64,
+    fio_read: f64,
+    durable: &crate::DurableCeiling,
+    iperf: Option<f64>,
+) {
     println!();
     println!(
-        "ceilings: fio O_DIRECT sequential write {fio:.0} MB/s{}",
+        "ceilings: fio O_DIRECT sequential write {fio:.0} MB/s, read {fio_read:.0} MB/s{}",
         iperf.map_or(String::new(), |g| format!(
             ", iperf3 loopback {g:.1} Gbit/s"
         ))
@@ -466,6 +475,16 @@ fn print_table(runs: &[Report], fio: f64, durable: &crate::DurableCeiling, iperf
                     println!(
                         "  {w:<8} {ours} ÷ {peer}: {:.2}× msgs/s",
                         a.msgs_per_s() / b.msgs_per_s().max(1e-9)
+                    );
+                }
+            }
+        }
+        if w == "consume" {
+            for s in ["sluice-kafka", "sluice-native"] {
+                if let Some(a) = find(w, s) {
+                    println!(
+                        "  consume  {s} ÷ fio read bandwidth: {:.2}",
+                        a.mb_per_s() / fio_read
                     );
                 }
             }
