@@ -83,17 +83,9 @@ impl Compression {
 /// may end inside a batch (a fetch region, which a consumer follows by fetching from there).
 /// `None` when not even the first batch is whole or a header does not decode.
 pub fn end_of_whole_batches(bytes: &[u8]) -> Option<i64> {
-    let mut pos = 0usize;
-    let mut end = None;
-    while let Ok(h) = BatchHeader::parse(&bytes[pos..]) {
-        let next = pos.checked_add(h.total_bytes())?;
-        if next > bytes.len() {
-            break;
-        }
-        end = Some(h.last_offset().wrapping_add(1));
-        pos = next;
-    }
-    end
+    batches(bytes, false)
+        .last()
+        .map(|(h, _)| h.last_offset().wrapping_add(1))
 }
 
 /// Timestamp type (attributes bit 3).
@@ -276,20 +268,28 @@ pub fn split_batches(
     bytes: &[u8],
     check_crc: bool,
 ) -> (Vec<(BatchHeader, std::ops::Range<usize>)>, usize) {
-    let mut out = Vec::new();
+    let out: Vec<_> = batches(bytes, check_crc).collect();
+    let used = out.last().map_or(0, |(_, r)| r.end);
+    (out, used)
+}
+
+/// [`split_batches`] as an iterator (no allocation): each whole, well-formed batch's header and
+/// byte range, up to the first incomplete or malformed one.
+pub fn batches(
+    bytes: &[u8],
+    check_crc: bool,
+) -> impl Iterator<Item = (BatchHeader, std::ops::Range<usize>)> + '_ {
     let mut pos = 0;
-    while let Ok(header) = BatchHeader::parse(&bytes[pos..]) {
-        let end = pos + header.total_bytes();
-        if end > bytes.len() {
-            break;
+    std::iter::from_fn(move || {
+        let header = BatchHeader::parse(&bytes[pos..]).ok()?;
+        let end = pos.checked_add(header.total_bytes())?;
+        if end > bytes.len() || (check_crc && validate(&bytes[pos..end]).is_err()) {
+            return None;
         }
-        if check_crc && validate(&bytes[pos..end]).is_err() {
-            break;
-        }
-        out.push((header, pos..end));
+        let range = pos..end;
         pos = end;
-    }
-    (out, pos)
+        Some((header, range))
+    })
 }
 
 /// A record header (key/value pair attached to a record).

@@ -300,9 +300,14 @@ pub(crate) fn run_fio(dir: &Path, bytes: u64) -> Result<f64, String> {
         &["--name=seqwrite", "--rw=write", "--bs=1M", "--direct=1"],
         bytes,
     )?;
-    let bw = v["jobs"][0]["write"]["bw_bytes"]
+    fio_mb_per_s(&v, "write")
+}
+
+/// A fio job's bandwidth in MB/s for `rw` ("read" or "write").
+fn fio_mb_per_s(v: &serde_json::Value, rw: &str) -> Result<f64, String> {
+    let bw = v["jobs"][0][rw]["bw_bytes"]
         .as_f64()
-        .ok_or("fio output has no jobs[0].write.bw_bytes")?;
+        .ok_or_else(|| format!("fio output has no jobs[0].{rw}.bw_bytes"))?;
     Ok(bw / 1e6)
 }
 
@@ -321,10 +326,7 @@ pub(crate) fn run_fio_read(dir: &Path, bytes: u64) -> Result<f64, String> {
         ],
         bytes,
     )?;
-    let bw = v["jobs"][0]["read"]["bw_bytes"]
-        .as_f64()
-        .ok_or("fio output has no jobs[0].read.bw_bytes")?;
-    Ok(bw / 1e6)
+    fio_mb_per_s(&v, "read")
 }
 
 /// The device under a durable write pattern, as a log with fsync before the ack uses it.
@@ -378,10 +380,7 @@ pub(crate) fn run_fio_durable(dir: &Path) -> Result<DurableCeiling, String> {
     };
     let job = &lat["jobs"][0];
     Ok(DurableCeiling {
-        mb_per_s: bw["jobs"][0]["write"]["bw_bytes"]
-            .as_f64()
-            .ok_or("fio output has no jobs[0].write.bw_bytes")?
-            / 1e6,
+        mb_per_s: fio_mb_per_s(&bw, "write")?,
         write_p50_ms: pct(job, &["write", "clat_ns"], "50.000000")?,
         write_p99_ms: pct(job, &["write", "clat_ns"], "99.000000")?,
         sync_p50_ms: pct(job, &["sync", "lat_ns"], "50.000000")?,

@@ -127,15 +127,12 @@ impl ReadAhead {
     /// consumer's next fetches will ask for are being read.
     pub fn follow(&self, p: &Rc<Partition>, offset: i64, max_bytes: usize, region: &[u8]) {
         let inner = &self.inner;
-        if region.len() < max_bytes || max_bytes > inner.budget / (2 * READ_AHEAD_DEPTH) {
+        if max_bytes > inner.budget / (2 * READ_AHEAD_DEPTH) {
             return;
         }
-        let Some(next) = batch::end_of_whole_batches(region) else {
+        let Some(next) = region_after(p, offset, max_bytes, region) else {
             return;
         };
-        if next <= offset || next >= p.log.acked_end().0 {
-            return;
-        }
         let mut streams = inner.streams.borrow_mut();
         let at = streams.iter().position(|st| {
             st.of(p)
@@ -175,6 +172,16 @@ impl ReadAhead {
     }
 }
 
+/// Where the consumer that read `region` (from `offset`, capped at `max_bytes`) fetches next:
+/// at the first batch the cap cut. `None` when the cap did not cut it or nothing acknowledged
+/// follows (the consumer has caught up).
+fn region_after(p: &Partition, offset: i64, max_bytes: usize, region: &[u8]) -> Option<i64> {
+    if region.len() < max_bytes {
+        return None;
+    }
+    batch::end_of_whole_batches(region).filter(|&n| n > offset && n < p.log.acked_end().0)
+}
+
 impl Inner {
     /// Reads ahead after the stream's last region while it is shorter than the depth and
     /// where the last region ends is known (a region being read tops its stream up when done).
@@ -207,8 +214,7 @@ impl Inner {
         let read = glommio::spawn_local(async move {
             let read = part.log.read_region_bytes(Offset(offset), max).await;
             let next = match &read {
-                Ok(Some(r)) if r.len() >= max => batch::end_of_whole_batches(r)
-                    .filter(|&n| n > offset && n < part.log.acked_end().0),
+                Ok(Some(r)) => region_after(&part, offset, max, r),
                 _ => None,
             };
             done.set(next.map_or(After::End, After::At));
