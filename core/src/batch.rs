@@ -375,6 +375,15 @@ fn next_record<'a>(reader: &mut Cursor<'a>, index: usize) -> Result<Cursor<'a>, 
 /// [`records`]); an error for anything malformed or for more than one record.
 pub fn single_record(batch: &[u8]) -> Result<Option<RecordView<'_>>, BatchError> {
     let header = validate(batch)?;
+    single_record_in(batch, &header)
+}
+
+/// [`single_record`] of a batch [`validate`] already accepted (`header` is its answer): the
+/// CRC is not computed again.
+pub fn single_record_in<'a>(
+    batch: &'a [u8],
+    header: &BatchHeader,
+) -> Result<Option<RecordView<'a>>, BatchError> {
     if header.compression()? != Compression::None {
         return Ok(None);
     }

@@ -509,13 +509,31 @@ impl<D: Disk> Log<D> {
     /// in the order of the calls' first polls) without waiting for it to be written. Several
     /// batches buffered back to back are then acknowledged by one [`Log::acked`] of the last.
     pub async fn buffer_ref(&self, now_ms: u64, batch: &[u8]) -> Result<AppendInfo, LogError> {
-        if batch.len() > self.config.get().batch_bytes_max {
+        self.check_size(batch)?;
+        let header = batch::validate_for_append(batch)?;
+        self.buffer_checked(now_ms, batch, header).await
+    }
+
+    fn check_size(&self, batch: &[u8]) -> Result<(), LogError> {
+        let max_bytes = self.config.get().batch_bytes_max;
+        if batch.len() > max_bytes {
             return Err(LogError::BatchTooLarge {
                 bytes: batch.len(),
-                max_bytes: self.config.get().batch_bytes_max,
+                max_bytes,
             });
         }
-        let header = batch::validate_for_append(batch)?;
+        Ok(())
+    }
+
+    /// [`Log::buffer_ref`] of a batch the caller has run through
+    /// [`batch::validate_for_append`] (`header` is its answer): the CRC is not computed twice.
+    pub async fn buffer_checked(
+        &self,
+        now_ms: u64,
+        batch: &[u8],
+        header: BatchHeader,
+    ) -> Result<AppendInfo, LogError> {
+        self.check_size(batch)?;
         // Appends that must wait for buffer space queue in arrival order (tickets), so that a
         // stream of fresh appends cannot starve one that is waiting.
         let mut ticket: Option<u64> = None;

@@ -777,6 +777,61 @@ fn bad_frames_get_an_error_and_the_server_stays_up() {
             .unwrap();
         assert_eq!(ack.seq, 1);
     });
+    // A publish whose batch fails its CRC is refused (400) and takes no sequence; the
+    // connection goes on.
+    use sluice_core::batch::{BatchBuilder, Compression};
+    use sluice_core::native::{self, Header, Hello, Pub};
+    let frame = |op: u8, flags: u8, corr: u32, body: &[u8]| {
+        let mut f = Vec::new();
+        let h = Header {
+            op,
+            flags,
+            status: 0,
+            corr,
+        };
+        native::encode_frame(&mut f, h, body);
+        f
+    };
+    let mut s = std::net::TcpStream::connect(&broker.native).unwrap();
+    let hello = native::to_body(&Hello {
+        version_min: native::VERSION_MIN,
+        version_max: native::VERSION_MAX,
+        client: "raw".into(),
+    });
+    s.write_all(&frame(native::op::HELLO, 0, 1, &hello))
+        .unwrap();
+    assert_eq!(read_frame(&mut s).1, 0);
+    let publish = |corrupt: bool, corr: u32| {
+        let mut b = BatchBuilder::new(Compression::None, 1);
+        b.push(1, Some(b"ok.2"), Some(b"payload"), &[]);
+        let mut batch = Vec::new();
+        b.build_into(&mut batch);
+        if corrupt {
+            *batch.last_mut().unwrap() ^= 0xff;
+        }
+        let mut body = Vec::new();
+        Pub {
+            subject: "ok.2",
+            reply: "",
+            batch: &[],
+        }
+        .encode(&mut body);
+        body.extend_from_slice(&batch);
+        frame(native::op::PUB, native::flag::ACK, corr, &body)
+    };
+    s.write_all(&publish(true, 2)).unwrap();
+    let (op, status, msg) = read_frame(&mut s);
+    assert_eq!((op, status), (native::op::ERROR, 400), "{msg}");
+    assert!(msg.to_lowercase().contains("crc"), "{msg}");
+    s.write_all(&publish(false, 3)).unwrap();
+    let (op, status, _) = read_frame(&mut s);
+    assert_eq!((op, status), (native::op::PUB_ACK, 0));
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        let m = c.get_msg("OK", 2).await.unwrap();
+        assert_eq!(m.subject, "ok.2");
+        assert_eq!(&m.data[..], b"payload");
+    });
 }
 
 #[test]

@@ -229,7 +229,11 @@ async fn read_loop(
 ) -> std::io::Result<()> {
     let shard = &conn.shard;
     let max = shard.shared.config.native_frame_bytes_max;
-    let mut buf = BytesMut::with_capacity(64 << 10);
+    // Two chunks: room for further reads after frames are split off (and the size BytesMut
+    // keeps allocating when it must move).
+    let mut buf = BytesMut::with_capacity(2 * READ_CHUNK_BYTES);
+    // Initialized bytes just past `buf.len()` (see the read below).
+    let mut spare_init = 0;
     let mut hello = false;
     let mut run = PubRun::default();
     loop {
@@ -325,9 +329,19 @@ async fn read_loop(
         if shard.is_stopping() {
             return Ok(());
         }
-        // Read straight into the buffer frames are split off (no intermediate chunk).
+        // Read straight into the buffer frames are split off (no intermediate chunk). What an
+        // earlier read's zeroing initialized and the read did not fill is still there past
+        // `filled` (splitting frames off the front leaves the end in place): only the rest is
+        // zeroed, as much as was read (zeroing the whole chunk before every read was 6% of a
+        // broker taking 1 KiB publishes).
         let filled = buf.len();
-        buf.resize(filled + READ_CHUNK_BYTES, 0);
+        let want = filled + READ_CHUNK_BYTES;
+        if buf.capacity() >= want {
+            // SAFETY: within the capacity, and bytes `filled..filled + spare_init` are
+            // initialized (zeroed by an earlier resize, nothing moved the buffer since).
+            unsafe { buf.set_len(filled + spare_init) };
+        }
+        buf.resize(want, 0);
         let n = futures_lite::future::or(
             async { Some(reader.read(&mut buf[filled..]).await) },
             async {
@@ -343,6 +357,7 @@ async fn read_loop(
             Some(Ok(n)) => n,
         };
         buf.truncate(filled + n);
+        spare_init = READ_CHUNK_BYTES - n;
     }
 }
 

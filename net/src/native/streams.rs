@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sluice_core::batch::{self, BatchBuilder, Compression};
+use sluice_core::batch::{self, BatchBuilder, BatchHeader, Compression};
 use sluice_core::consumer::{Consumer, ConsumerSnapshot};
 use sluice_core::native::{
     status, AckKind, AckPolicy, ConsumerConfig, ConsumerInfo, FetchRequest, MsgMeta, PurgeRequest,
@@ -222,9 +222,10 @@ fn store_failed(e: LogError) -> Refusal {
     (status::INTERNAL, format!("storing the message failed: {e}"))
 }
 
-fn pub_info(bytes: &[u8]) -> Result<PubInfo<'_>, Refusal> {
+/// What a published batch says of itself; `header` is [`batch::validate_for_append`]'s answer.
+fn pub_info<'a>(bytes: &'a [u8], header: &BatchHeader) -> Result<PubInfo<'a>, Refusal> {
     let bad = |m: String| (status::BAD_REQUEST, m);
-    let view = match batch::single_record(bytes) {
+    let view = match batch::single_record_in(bytes, header) {
         Ok(Some(v)) => v,
         Ok(None) => {
             let p = parse_message(bytes)?;
@@ -404,7 +405,15 @@ impl StreamHome {
         let mut last_offset = None;
         for (i, msg) in msgs.iter().enumerate() {
             let batch = &msg.batch;
-            let seq = match self.admit(now, msg.subject(), batch) {
+            // Checked once here (CRC included); the log takes it as checked.
+            let header = match batch::validate_for_append(batch) {
+                Ok(h) => h,
+                Err(e) => {
+                    answers.push(Err((status::BAD_REQUEST, e.to_string())));
+                    continue;
+                }
+            };
+            let seq = match self.admit(now, msg.subject(), batch, &header) {
                 Ok(Admitted::New(seq)) => seq,
                 Ok(Admitted::Duplicate(seq)) => {
                     answers.push(Ok(Stored {
@@ -425,7 +434,8 @@ impl StreamHome {
                     batch::set_base_offset(&mut owned, Offset(seq as i64 - 1));
                     m.borrow_mut().insert(seq, Bytes::from(owned));
                 }
-                Store::File(part) => match part.log.buffer_ref(now as u64, batch).await {
+                Store::File(part) => match part.log.buffer_checked(now as u64, batch, header).await
+                {
                     Ok(info) => {
                         if info.base_offset.0 as u64 + 1 != seq {
                             eprintln!(
@@ -482,8 +492,14 @@ impl StreamHome {
 
     /// Admission of one published message: dedup, limits and expectations checked, and if
     /// accepted, recorded in the stream's state under its new sequence (not visible yet).
-    fn admit(&self, now: i64, subject: &str, batch: &[u8]) -> Result<Admitted, Refusal> {
-        let p = pub_info(batch)?;
+    fn admit(
+        &self,
+        now: i64,
+        subject: &str,
+        batch: &[u8],
+        header: &BatchHeader,
+    ) -> Result<Admitted, Refusal> {
+        let p = pub_info(batch, header)?;
         if p.subject != subject {
             return Err((
                 status::BAD_REQUEST,
