@@ -607,7 +607,7 @@ where
             let mut i = 0u64;
             loop {
                 // The clock is read every STOP_CHECK_EVERY messages, not per message.
-                if i % STOP_CHECK_EVERY == 0 && should_stop(&w, started, &sent) {
+                if i.is_multiple_of(STOP_CHECK_EVERY) && should_stop(&w, started, &sent) {
                     break;
                 }
                 while pending.len() >= w.in_flight.max(1) {
