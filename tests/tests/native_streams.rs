@@ -733,25 +733,27 @@ fn bad_frames_get_an_error_and_the_server_stays_up() {
     let (op, status, msg) = read_frame(&mut s);
     assert_eq!((op, status), (66, 400));
     assert!(msg.contains("HELLO"), "{msg}");
+    use sluice_core::batch::{BatchBuilder, Compression};
+    use sluice_core::native::{self, Header, Hello, Pub};
+    let frame = |op: u8, flags: u8, corr: u32, body: &[u8]| {
+        let mut f = Vec::new();
+        let h = Header {
+            op,
+            flags,
+            status: 0,
+            corr,
+        };
+        native::encode_frame(&mut f, h, body);
+        f
+    };
     // A HELLO for versions the server does not speak.
     let mut s = std::net::TcpStream::connect(&broker.native).unwrap();
-    let body = sluice_core::native::to_body(&sluice_core::native::Hello {
+    let body = native::to_body(&Hello {
         version_min: 9,
         version_max: 12,
         client: "future".into(),
     });
-    let mut f = Vec::new();
-    sluice_core::native::encode_frame(
-        &mut f,
-        sluice_core::native::Header {
-            op: 1,
-            flags: 0,
-            status: 0,
-            corr: 1,
-        },
-        &body,
-    );
-    s.write_all(&f).unwrap();
+    s.write_all(&frame(native::op::HELLO, 0, 1, &body)).unwrap();
     let (op, status, _) = read_frame(&mut s);
     assert_eq!((op, status), (66, 505));
     // Garbage HELLO body, oversized frame.
@@ -779,19 +781,6 @@ fn bad_frames_get_an_error_and_the_server_stays_up() {
     });
     // A publish whose batch fails its CRC is refused (400) and takes no sequence; the
     // connection goes on.
-    use sluice_core::batch::{BatchBuilder, Compression};
-    use sluice_core::native::{self, Header, Hello, Pub};
-    let frame = |op: u8, flags: u8, corr: u32, body: &[u8]| {
-        let mut f = Vec::new();
-        let h = Header {
-            op,
-            flags,
-            status: 0,
-            corr,
-        };
-        native::encode_frame(&mut f, h, body);
-        f
-    };
     let mut s = std::net::TcpStream::connect(&broker.native).unwrap();
     let hello = native::to_body(&Hello {
         version_min: native::VERSION_MIN,
