@@ -31,8 +31,10 @@ pub trait Disk {
     async fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// File names (not paths) in `dir`.
     async fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
-    /// Opens `path` for O_DIRECT reads and writes, creating it if missing.
-    async fn open(&self, path: &Path) -> io::Result<Self::File>;
+    /// Opens `path` for O_DIRECT reads and writes, creating it if missing. With `dsync`, every
+    /// write completes only once it is durable, with whatever metadata reading it back needs
+    /// (O_DSYNC): the write and its flush are one request, no separate fdatasync.
+    async fn open(&self, path: &Path, dsync: bool) -> io::Result<Self::File>;
     async fn remove(&self, path: &Path) -> io::Result<()>;
     /// Reads a whole small file; `None` when it does not exist.
     async fn read_small(&self, path: &Path) -> io::Result<Option<Vec<u8>>>;
@@ -53,6 +55,8 @@ pub trait DiskFile {
     /// Reads up to `len` bytes at `pos`; fewer at the end of the file.
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>>;
     async fn sync(&self) -> io::Result<()>;
+    /// Opened with `dsync`: each completed write is durable.
+    fn dsync(&self) -> bool;
     async fn truncate(&self, len: u64) -> io::Result<()>;
     async fn size(&self) -> io::Result<u64>;
 }

@@ -14,6 +14,7 @@ pub struct DmaDisk;
 
 pub struct DmaSegmentFile {
     file: DmaFile,
+    dsync: bool,
 }
 
 impl IoBuf for DmaBuffer {
@@ -58,15 +59,16 @@ impl Disk for DmaDisk {
         Ok(names)
     }
 
-    async fn open(&self, path: &Path) -> io::Result<DmaSegmentFile> {
+    async fn open(&self, path: &Path, dsync: bool) -> io::Result<DmaSegmentFile> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
+            .custom_flags(if dsync { libc::O_DSYNC } else { 0 })
             .dma_open(absolute(path)?)
             .await
             .map_err(glommio_io)?;
-        Ok(DmaSegmentFile { file })
+        Ok(DmaSegmentFile { file, dsync })
     }
 
     async fn remove(&self, path: &Path) -> io::Result<()> {
@@ -142,6 +144,10 @@ impl DiskFile for DmaSegmentFile {
 
     async fn sync(&self) -> io::Result<()> {
         self.file.fdatasync().await.map_err(glommio_io)
+    }
+
+    fn dsync(&self) -> bool {
+        self.dsync
     }
 
     async fn truncate(&self, len: u64) -> io::Result<()> {

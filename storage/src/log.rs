@@ -5,12 +5,15 @@
 //! into the active segment's aligned tail buffer; it then waits until the batch is acknowledged
 //! under the fsync policy. Whichever waiter finds the disk idle becomes the writer for everybody:
 //! it writes all buffered bytes in one aligned write (rewriting the partial last block of the
-//! previous write), and under `always` an fdatasync then covers every batch written before it.
-//! At most one write and one fdatasync are in flight per log (`writing`, `syncing`): writes to
-//! a file never reorder, and the next write overlaps the previous batch's fdatasync.
+//! previous write). Under `always` a segment is opened O_DSYNC, so that write is also its
+//! fdatasync; a segment opened before the policy became `always` gets an fdatasync after each
+//! write instead, covering every batch written before it. At most one write and one fdatasync
+//! are in flight per log (`writing`, `syncing`): writes to a file never reorder, and the next
+//! write overlaps the previous batch's fdatasync.
 //!
 //! **Architecture invariant.** Nothing is acknowledged, and no reader sees a batch, before
-//! `acked_end` passes it: under `always` that is after fdatasync, otherwise after the write.
+//! `acked_end` passes it: under `always` that is once durable (an O_DSYNC write or an
+//! fdatasync after it), otherwise after the write.
 //! After a failed write or fsync the log is poisoned: it never acknowledges again.
 //!
 //! **Borrowing rule.** `state` is a `RefCell`; no borrow is held across an `.await` (plan under
@@ -301,15 +304,16 @@ impl<D: Disk> Log<D> {
                 remove_segment_files(&disk, &dir, base).await?;
                 continue;
             }
+            // The last segment becomes the active one, written to again.
+            let last = i + 1 == bases.len();
             let file = disk
-                .open(&path)
+                .open(&path, last && dsync_writes(&config))
                 .await
                 .map_err(|e| LogError::io("open", &path, e))?;
             let file_bytes = file
                 .size()
                 .await
                 .map_err(|e| LogError::io("stat", &path, e))?;
-            let last = i + 1 == bases.len();
             let mut trusted = None;
             if !last {
                 trusted = load_index(&disk, &dir, base, file_bytes).await?;
@@ -363,7 +367,7 @@ impl<D: Disk> Log<D> {
             remove_index_files(&disk, &dir, base).await?;
         }
         if segments.is_empty() {
-            let segment = create_segment(&disk, &dir, 0).await?;
+            let segment = create_segment(&disk, &dir, 0, &config).await?;
             segments.insert(0, segment);
         }
         let first_base = *segments.keys().next().expect("at least one segment");
@@ -1165,6 +1169,10 @@ impl<D: Disk> Log<D> {
         assert!(st.written_offset <= upto, "writes complete in order");
         st.written_offset = upto;
         st.written_pos = upto_pos;
+        if file.dsync() && upto > st.synced_offset {
+            st.synced_offset = upto;
+            st.synced_pos = upto_pos;
+        }
         st.alloc_pos = st.alloc_pos.max(end).max(alloc);
         Ok(())
     }
@@ -1290,7 +1298,7 @@ impl<D: Disk> Log<D> {
         };
         write_index_bytes(&self.disk, &self.dir, base, offsets, times).await?;
         let base = self.state.borrow().next_offset;
-        let segment = create_segment(&self.disk, &self.dir, base).await?;
+        let segment = create_segment(&self.disk, &self.dir, base, &self.config.get()).await?;
         let tail = Tail {
             buf: segment.file.alloc(TAIL_BYTES_MIN),
             file_pos: 0,
@@ -1385,7 +1393,7 @@ impl<D: Disk> Log<D> {
                 }
             }
             // Everything goes: start over at `target`.
-            None => create_segment(&self.disk, &self.dir, target).await?,
+            None => create_segment(&self.disk, &self.dir, target, &self.config.get()).await?,
         };
         self.disk
             .sync_dir(&self.dir)
@@ -1794,14 +1802,23 @@ async fn remove_segment_files<D: Disk>(disk: &D, dir: &Path, base: i64) -> Resul
     }
 }
 
+/// Segments written under [`FsyncPolicy::Always`] are opened `dsync`: each write is its own
+/// fdatasync (one io_uring request, where a write then an fdatasync took two, the second
+/// handed to an io-wq worker thread). A policy changed later takes effect at the next segment;
+/// until then sync rounds cover a segment opened without it.
+fn dsync_writes(config: &LogConfig) -> bool {
+    config.fsync == FsyncPolicy::Always
+}
+
 async fn create_segment<D: Disk>(
     disk: &D,
     dir: &Path,
     base: i64,
+    config: &LogConfig,
 ) -> Result<Segment<D::File>, LogError> {
     let path = segment_path(dir, base, "log");
     let file = disk
-        .open(&path)
+        .open(&path, dsync_writes(config))
         .await
         .map_err(|e| LogError::io("create", &path, e))?;
     file.truncate(0)

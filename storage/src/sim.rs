@@ -1,8 +1,9 @@
 //! [`SimDisk`]: an in-memory disk for tests that keeps what an fdatasync made durable apart from
 //! what was only written, so a test can "crash" it at any moment and see what a real disk might
 //! have kept: every write since the last sync survives, vanishes or survives in part (4 KiB
-//! blocks, independently), and directory entries not yet synced are forgotten. It can also fail
-//! the n-th write or fsync from now, as a dying disk does.
+//! blocks, independently), and directory entries not yet synced are forgotten. A completed write
+//! of a file opened `dsync` is durable. It can also fail the n-th write or fsync from now (a
+//! `dsync` write counts as both), as a dying disk does.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -37,13 +38,21 @@ struct FileData {
 
 #[derive(Clone)]
 enum PendingOp {
-    Write { pos: u64, data: Vec<u8> },
-    Truncate { len: u64 },
+    /// `durable`: a write of a `dsync` file, on the platter once it completed.
+    Write {
+        pos: u64,
+        data: Vec<u8>,
+        durable: bool,
+    },
+    Truncate {
+        len: u64,
+    },
 }
 
 pub struct SimFile {
     inner: Rc<RefCell<Inner>>,
     id: u64,
+    dsync: bool,
 }
 
 pub struct SimBuf(Vec<u8>);
@@ -97,10 +106,12 @@ impl SimDisk {
                             disk.resize(len as usize, 0);
                         }
                     }
-                    PendingOp::Write { pos, data } => {
+                    PendingOp::Write { pos, data, durable } => {
                         for (i, block) in data.chunks(ALIGN).enumerate() {
-                            decision += 1;
-                            if keep(decision) {
+                            if !durable {
+                                decision += 1;
+                            }
+                            if durable || keep(decision) {
                                 let at = pos as usize + i * ALIGN;
                                 if disk.len() < at + block.len() {
                                     disk.resize(at + block.len(), 0);
@@ -197,7 +208,7 @@ impl Disk for SimDisk {
             .collect())
     }
 
-    async fn open(&self, path: &Path) -> io::Result<SimFile> {
+    async fn open(&self, path: &Path, dsync: bool) -> io::Result<SimFile> {
         let mut inner = self.inner.borrow_mut();
         let id = match inner.names.get(path) {
             Some(&id) => id,
@@ -212,6 +223,7 @@ impl Disk for SimDisk {
         Ok(SimFile {
             inner: self.inner.clone(),
             id,
+            dsync,
         })
     }
 
@@ -280,13 +292,24 @@ impl DiskFile for SimFile {
         if SimDisk::trip(&mut inner.fail_write_in) {
             return Err(eio("write"));
         }
+        // A `dsync` write carries its own flush: it fails as that flush would.
+        if self.dsync {
+            inner.syncs += 1;
+            if SimDisk::trip(&mut inner.fail_sync_in) {
+                return Err(eio("write (O_DSYNC)"));
+            }
+        }
         let f = inner.files.get_mut(&self.id).expect("open file exists");
         let end = pos as usize + buf.0.len();
         if f.current.len() < end {
             f.current.resize(end, 0);
         }
         f.current[pos as usize..end].copy_from_slice(&buf.0);
-        f.pending.push(PendingOp::Write { pos, data: buf.0 });
+        f.pending.push(PendingOp::Write {
+            pos,
+            data: buf.0,
+            durable: self.dsync,
+        });
         Ok(())
     }
 
@@ -309,6 +332,10 @@ impl DiskFile for SimFile {
         f.durable = f.current.clone();
         f.pending.clear();
         Ok(())
+    }
+
+    fn dsync(&self) -> bool {
+        self.dsync
     }
 
     async fn truncate(&self, len: u64) -> io::Result<()> {

@@ -96,13 +96,27 @@ fn xorshift(seed: &mut u64) -> u64 {
     *seed
 }
 
-async fn run(ops: Vec<Op>, fsync: FsyncPolicy) {
+/// `opened_under`: the policy the log is opened with (every open), `fsync` then set on it. A
+/// log opened under `always` writes O_DSYNC; one switched to `always` later fdatasyncs.
+async fn open_log(
+    disk: &SimDisk,
+    dir: &PathBuf,
+    now: u64,
+    opened_under: FsyncPolicy,
+    fsync: FsyncPolicy,
+) -> Log<SimDisk> {
+    let log = Log::open(disk.clone(), dir, config(opened_under), now)
+        .await
+        .unwrap();
+    log.set_config(config(fsync));
+    log
+}
+
+async fn run(ops: Vec<Op>, fsync: FsyncPolicy, opened_under: FsyncPolicy) {
     let disk = SimDisk::new();
     let dir = PathBuf::from("/sim/topic-0");
     let mut now = 1_000u64;
-    let mut log = Log::open(disk.clone(), &dir, config(fsync), now)
-        .await
-        .unwrap();
+    let mut log = open_log(&disk, &dir, now, opened_under, fsync).await;
     let mut model: Vec<Stored> = Vec::new();
     let mut seq = 0u64;
     for op in ops {
@@ -217,9 +231,7 @@ async fn run(ops: Vec<Op>, fsync: FsyncPolicy) {
             Op::Reopen => {
                 log.sync(now).await.unwrap();
                 drop(log);
-                log = Log::open(disk.clone(), &dir, config(fsync), now)
-                    .await
-                    .unwrap();
+                log = open_log(&disk, &dir, now, opened_under, fsync).await;
             }
             Op::Crash { mut seed } => {
                 if fsync != FsyncPolicy::Always {
@@ -228,9 +240,7 @@ async fn run(ops: Vec<Op>, fsync: FsyncPolicy) {
                 seed |= 1;
                 drop(log);
                 disk.crash(|_| xorshift(&mut seed).is_multiple_of(2));
-                log = Log::open(disk.clone(), &dir, config(fsync), now)
-                    .await
-                    .unwrap();
+                log = open_log(&disk, &dir, now, opened_under, fsync).await;
             }
         }
         check_whole(&log, &model).await;
@@ -284,12 +294,21 @@ proptest! {
 
     #[test]
     fn log_agrees_with_model_fsync_always(ops in proptest::collection::vec(op(), 1..80)) {
-        block_on(run(ops, FsyncPolicy::Always));
+        block_on(run(ops, FsyncPolicy::Always, FsyncPolicy::Always));
+    }
+
+    /// `always` set on a log opened under `never`: its segments are not O_DSYNC (until rolled)
+    /// and fdatasyncs make its appends durable.
+    #[test]
+    fn log_agrees_with_model_fsync_always_set_after_open(
+        ops in proptest::collection::vec(op(), 1..80)
+    ) {
+        block_on(run(ops, FsyncPolicy::Always, FsyncPolicy::Never));
     }
 
     #[test]
     fn log_agrees_with_model_fsync_never(ops in proptest::collection::vec(op(), 1..80)) {
-        block_on(run(ops, FsyncPolicy::Never));
+        block_on(run(ops, FsyncPolicy::Never, FsyncPolicy::Never));
     }
 }
 
@@ -381,24 +400,34 @@ fn torn_unsynced_tail_is_cut_and_synced_data_survives() {
     }
 }
 
+/// Under `always` the segment is opened O_DSYNC and its writes carry the flush; a segment
+/// opened under another policy that became `always` later gets an fdatasync after each write.
+/// Either way a failed flush poisons the log and its batch is never acknowledged.
 #[test]
 fn failed_fsync_poisons_the_log() {
+    for (opened_under, op) in [
+        (FsyncPolicy::Always, "write"),
+        (FsyncPolicy::Never, "fdatasync"),
+    ] {
+        failed_fsync_poisons(opened_under, op);
+    }
+}
+
+fn failed_fsync_poisons(opened_under: FsyncPolicy, failing_op: &str) {
     block_on(async {
         let disk = SimDisk::new();
-        let log = Log::open(disk.clone(), "/sim/p", config(FsyncPolicy::Always), 0)
+        let log = Log::open(disk.clone(), "/sim/p", config(opened_under), 0)
             .await
             .unwrap();
+        log.set_config(config(FsyncPolicy::Always));
         let mut b = make_batch(0, 1, 10, 0);
         log.append(1, &mut b).await.unwrap();
         disk.fail_sync_in(1);
         let mut b = make_batch(1, 1, 10, 0);
-        assert!(matches!(
-            log.append(1, &mut b).await,
-            Err(LogError::Io {
-                op: "fdatasync",
-                ..
-            })
-        ));
+        match log.append(1, &mut b).await {
+            Err(LogError::Io { op, .. }) => assert_eq!(op, failing_op),
+            other => panic!("expected a failed {failing_op}, got {other:?}"),
+        }
         assert!(log.is_poisoned());
         let mut b = make_batch(2, 1, 10, 0);
         assert!(matches!(
