@@ -353,6 +353,8 @@ pub struct Report {
     pub series: Vec<u64>,
     /// The slowest latency (ms) of each second.
     pub series_max_ms: Vec<f64>,
+    /// The series' first seconds, this long, are the warm-up (not in the latencies above).
+    pub warmup_s: f64,
     pub cpu_s: Option<f64>,
     pub rss_kib_max: Option<u64>,
     /// Percent of the machine's CPU time taken by the hypervisor during the run.
@@ -386,6 +388,7 @@ impl Report {
             max_ms: h.max() as f64 / 1000.0,
             series: series.iter().map(|s| s.messages).collect(),
             series_max_ms: series.iter().map(|s| s.max_us as f64 / 1000.0).collect(),
+            warmup_s: stats.warmup.as_secs_f64(),
             cpu_s: proc_stats.map(|p| p.0),
             rss_kib_max: proc_stats.map(|p| p.1),
             steal_pct,
@@ -433,10 +436,12 @@ impl Report {
             .map(|(p, v)| format!("p{p} {v:.3}"))
             .collect();
         println!("  latency ms: {} max {:.3}", pcts.join(" "), self.max_ms);
+        // Over the measured seconds only: the warm-up's are in the series (and the chart).
         if let Some((sec, worst)) = self
             .series_max_ms
             .iter()
             .enumerate()
+            .skip(self.warmup_s.ceil() as usize)
             .max_by(|a, b| a.1.total_cmp(b.1))
         {
             println!("  slowest second: {sec} s after the start (max {worst:.3} ms)");
@@ -475,6 +480,7 @@ impl Report {
             "steal_pct": self.steal_pct,
             "series_msgs_per_s": self.series,
             "series_max_ms": self.series_max_ms,
+            "warmup_s": self.warmup_s,
         })
     }
 
@@ -508,6 +514,7 @@ impl Report {
                 .and_then(|x| x.as_array())
                 .map(|a| a.iter().filter_map(|x| x.as_f64()).collect())
                 .unwrap_or_default(),
+            warmup_s: f("warmup_s").unwrap_or(0.0),
             cpu_s: f("cpu_s"),
             rss_kib_max: v.get("rss_kib_max").and_then(|x| x.as_u64()),
             steal_pct: f("steal_pct"),
@@ -810,6 +817,12 @@ mod tests {
         stats.record_many(10, &[1000]);
         assert_eq!(stats.messages.load(Ordering::Relaxed), 0);
         assert_eq!(stats.series_total(), 1);
+        let r = Report::from_stats("w", "e2e", "s", &stats, Duration::from_secs(1), None, None);
+        let back = Report::from_json(&r.to_json()).unwrap();
+        assert_eq!(
+            back.warmup_s, 3600.0,
+            "the report says which seconds were warm-up"
+        );
     }
 
     #[test]
