@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use sluice_client::{
-    AckPolicy, Client, ConsumerConfig, Error, FetchOptions, PublishOptions, PurgeRequest,
+    AckPolicy, Client, ConsumerConfig, Error, FetchOptions, Publish, PublishOptions, PurgeRequest,
     Retention, Storage, StreamConfig,
 };
 use sluice_tests::{Broker, TestDir};
@@ -916,7 +916,20 @@ fn runs_on_a_relative_data_dir() {
 /// the stream the sequence it was sent in.
 #[test]
 fn pipelined_publishes_each_get_their_answer_in_order() {
-    let dir = TestDir::new("native-pipelined");
+    pipelined_publishes("native-pipelined", None);
+}
+
+/// The same publishes through `publish_batch`, in batches of varied sizes sent back to back.
+#[test]
+fn batched_publishes_each_get_their_answer_in_order() {
+    pipelined_publishes("native-batched", Some(&[1, 250, 7, 1000, 64]));
+}
+
+/// 6000 publishes to three streams (file and memory) and to no stream, with deduplication
+/// and a failing expectation among them, all sent before any answer is read: one per
+/// `publish_ack`, or (`batches`: sizes, cycled) through `publish_batch`.
+fn pipelined_publishes(dir_name: &str, batches: Option<&[usize]>) {
+    let dir = TestDir::new(dir_name);
     let broker = Broker::start(&dir.0, &[]);
     rt().block_on(async {
         let c = Client::connect(&broker.native).await.unwrap();
@@ -977,11 +990,47 @@ fn pipelined_publishes_each_get_their_answer_in_order() {
                     Want::Seq(s, *seq - 1)
                 }
             });
-            let c = c.clone();
-            // Sent in order when join_all first polls them, all before any answer is read.
-            sends.push(async move { c.publish_ack(subject, &data, opts).await });
+            sends.push((subject, data, opts));
         }
-        let answers = futures::future::join_all(sends).await;
+        let answers = match batches {
+            // Sent in order when join_all first polls them, all before any answer is read.
+            None => {
+                futures::future::join_all(
+                    sends
+                        .iter()
+                        .map(|(subject, data, opts)| c.publish_ack(subject, data, opts.clone())),
+                )
+                .await
+            }
+            Some(sizes) => {
+                let mut chunks = Vec::new();
+                let mut rest = &sends[..];
+                for size in sizes.iter().cycle() {
+                    if rest.is_empty() {
+                        break;
+                    }
+                    let (chunk, more) = rest.split_at((*size).min(rest.len()));
+                    rest = more;
+                    let msgs: Vec<Publish<'_>> = chunk
+                        .iter()
+                        .map(|(subject, data, opts)| Publish {
+                            subject,
+                            data,
+                            opts: opts.clone(),
+                        })
+                        .collect();
+                    chunks.push(msgs);
+                }
+                let batches = futures::future::join_all(chunks.iter().map(|m| c.publish_batch(m)));
+                let mut answers = Vec::new();
+                for (b, sent) in batches.await.into_iter().zip(&chunks) {
+                    let b = b.expect("the connection stays up");
+                    assert_eq!(b.len(), sent.len(), "one answer per message of a batch");
+                    answers.extend(b);
+                }
+                answers
+            }
+        };
         let got: Vec<Want> = answers
             .into_iter()
             .map(|a| match a {
@@ -1029,5 +1078,55 @@ fn pipelined_publishes_each_get_their_answer_in_order() {
             let info = c.stream_info(s, "").await.unwrap();
             assert_eq!(info.state.messages, expect.len() as u64, "stream {s}");
         }
+    });
+}
+
+/// A batch whose answers are still due when the server dies fails with `Closed` (every
+/// waiter of the dead connection is dropped), rather than waiting forever; so does the next.
+#[test]
+fn a_batch_in_flight_when_the_server_dies_fails_closed() {
+    let dir = TestDir::new("native-batch-closed");
+    let mut broker = Broker::start(&dir.0, &[]);
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        c.add_stream(stream("BC", &["bc.*"], Retention::Limits))
+            .await
+            .unwrap();
+        let data = vec![7u8; 1024];
+        let batch = async {
+            let msgs: Vec<Publish<'_>> = (0..20_000)
+                .map(|_| Publish {
+                    subject: "bc.x",
+                    data: &data,
+                    opts: PublishOptions::default(),
+                })
+                .collect();
+            c.publish_batch(&msgs).await
+        };
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            broker.kill9();
+        };
+        let (answer, ()) =
+            tokio::time::timeout(Duration::from_secs(20), futures::future::join(batch, kill))
+                .await
+                .expect("the batch ends when the connection does");
+        assert!(
+            matches!(answer, Err(Error::Closed)),
+            "20 MB of fsynced publishes did not all complete in 5 ms: {:?}",
+            answer.map(|a| a.len())
+        );
+        let again = c
+            .publish_batch(&[Publish {
+                subject: "bc.x",
+                data: b"x",
+                opts: PublishOptions::default(),
+            }])
+            .await;
+        assert!(
+            matches!(again, Err(Error::Closed)),
+            "{:?}",
+            again.map(|a| a.len())
+        );
     });
 }

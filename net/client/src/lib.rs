@@ -84,6 +84,47 @@ struct Frame {
 enum Waiter {
     Once(oneshot::Sender<Frame>),
     Stream(mpsc::UnboundedSender<Frame>),
+    /// The `index`-th answer of a [`Client::publish_batch`].
+    Batch {
+        wait: Arc<BatchWait>,
+        index: usize,
+    },
+}
+
+/// Answers of one [`Client::publish_batch`] as they arrive (in any order); handed over whole
+/// once the last one came. Dropped unfinished (the connection closed and its waiters with it),
+/// it drops `done`: the caller sees the connection gone.
+struct BatchWait {
+    state: Mutex<BatchState>,
+}
+
+struct BatchState {
+    answers: Vec<Option<Frame>>,
+    remaining: usize,
+    done: Option<oneshot::Sender<Vec<Option<Frame>>>>,
+}
+
+impl BatchWait {
+    fn answer(&self, index: usize, f: Frame) {
+        let mut st = self.state.lock().unwrap();
+        if st.answers[index].replace(f).is_none() {
+            st.remaining -= 1;
+        }
+        if st.remaining == 0 {
+            if let Some(done) = st.done.take() {
+                let answers = std::mem::take(&mut st.answers);
+                let _ = done.send(answers);
+            }
+        }
+    }
+}
+
+/// One message of a [`Client::publish_batch`].
+#[derive(Debug, Clone, Default)]
+pub struct Publish<'a> {
+    pub subject: &'a str,
+    pub data: &'a [u8],
+    pub opts: PublishOptions,
 }
 
 struct Inner {
@@ -516,6 +557,12 @@ impl Client {
                     let _ = tx.send(f);
                 }
             }
+            Some(Waiter::Batch { .. }) => {
+                if let Some(Waiter::Batch { wait, index }) = waiters.remove(&f.header.corr) {
+                    drop(waiters);
+                    wait.answer(index, f);
+                }
+            }
             None => {}
         }
     }
@@ -600,6 +647,61 @@ impl Client {
             .call_frame(|corr| pub_frame(flag::ACK, corr, subject, data, &opts))
             .await?;
         native::from_body::<PubAck>(&f.body).map_err(|e| Error::Protocol(e.0))
+    }
+
+    /// Publishes several messages to streams in one write and waits until each is stored or
+    /// refused: one result per message, in the order given. The server handles them as it
+    /// would as many [`Client::publish_ack`]s (each is its own stream message, with its own
+    /// sequence, deduplication and expected-last-sequence check); the caller pays for one
+    /// future, one wake-up and one queued write instead of one per message. `Err` only when
+    /// the connection is gone.
+    pub async fn publish_batch(
+        &self,
+        msgs: &[Publish<'_>],
+    ) -> Result<Vec<Result<PubAck, Error>>, Error> {
+        if msgs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (tx, rx) = oneshot::channel();
+        let wait = Arc::new(BatchWait {
+            state: Mutex::new(BatchState {
+                answers: (0..msgs.len()).map(|_| None).collect(),
+                remaining: msgs.len(),
+                done: Some(tx),
+            }),
+        });
+        let mut out = Vec::new();
+        let mut corrs = Vec::with_capacity(msgs.len());
+        {
+            let mut waiters = self.inner.waiters.lock().unwrap();
+            for (index, m) in msgs.iter().enumerate() {
+                let corr = self.corr();
+                put_pub_frame(&mut out, flag::ACK, corr, m.subject, m.data, &m.opts);
+                let wait = wait.clone();
+                waiters.insert(corr, Waiter::Batch { wait, index });
+                corrs.push(corr);
+            }
+        }
+        drop(wait);
+        // Registered before the check (as `register` does): a close after it clears them.
+        if let Err(e) = self.send_frame(out) {
+            let mut waiters = self.inner.waiters.lock().unwrap();
+            for corr in corrs {
+                waiters.remove(&corr);
+            }
+            return Err(e);
+        }
+        let answers = rx.await.map_err(|_| Error::Closed)?;
+        Ok(answers
+            .into_iter()
+            .map(|f| {
+                let f = f.expect("every answer arrived");
+                if f.header.op == op::ERROR {
+                    return Err(server_error(&f));
+                }
+                native::from_body::<PubAck>(&f.body).map_err(|e| Error::Protocol(e.0))
+            })
+            .collect())
     }
 
     pub async fn subscribe(&self, subject: &str) -> Result<Subscription, Error> {
@@ -901,6 +1003,24 @@ fn frame_of(op: u8, flags: u8, corr: u32, body: &[u8]) -> Vec<u8> {
 
 /// A PUB frame, its body encoded in place after the header (one buffer per publish).
 fn pub_frame(flags: u8, corr: u32, subject: &str, data: &[u8], opts: &PublishOptions) -> Vec<u8> {
+    let reply = opts.reply.as_deref().unwrap_or("");
+    let batch_max = batch::HEADER_BYTES + 32 + subject.len() + data.len();
+    let mut out =
+        Vec::with_capacity(4 + native::HEADER_BYTES + 4 + subject.len() + reply.len() + batch_max);
+    put_pub_frame(&mut out, flags, corr, subject, data, opts);
+    out
+}
+
+/// Appends a PUB frame to `out`: frame header, PUB body (subject, reply) and the batch,
+/// written once.
+fn put_pub_frame(
+    out: &mut Vec<u8>,
+    flags: u8,
+    corr: u32,
+    subject: &str,
+    data: &[u8],
+    opts: &PublishOptions,
+) {
     let mut headers = opts.headers.clone();
     if let Some(id) = &opts.msg_id {
         headers.push((MSG_ID_HEADER.into(), id.clone().into_bytes()));
@@ -909,26 +1029,21 @@ fn pub_frame(flags: u8, corr: u32, subject: &str, data: &[u8], opts: &PublishOpt
         headers.push((EXPECTED_LAST_SEQ_HEADER.into(), s.to_string().into_bytes()));
     }
     let reply = opts.reply.as_deref().unwrap_or("");
-    // Frame header, PUB body (subject, reply) and the batch, written once into one buffer.
-    let batch_max = batch::HEADER_BYTES + 32 + subject.len() + data.len();
-    let mut out =
-        Vec::with_capacity(4 + native::HEADER_BYTES + 4 + subject.len() + reply.len() + batch_max);
     let h = Header {
         op: op::PUB,
         flags,
         status: 0,
         corr,
     };
-    let at = native::begin_frame(&mut out, h);
+    let at = native::begin_frame(out, h);
     Pub {
         subject,
         reply,
         batch: &[],
     }
-    .encode(&mut out);
-    put_message_batch(&mut out, subject, &headers, data);
-    native::finish_frame(&mut out, at);
-    out
+    .encode(out);
+    put_message_batch(out, subject, &headers, data);
+    native::finish_frame(out, at);
 }
 
 #[cfg(test)]

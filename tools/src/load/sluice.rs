@@ -7,10 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sluice_client::{
-    AckPolicy, Client, ConsumerConfig, FetchOptions, PublishOptions, Retention, StreamConfig,
+    AckPolicy, Client, ConsumerConfig, FetchOptions, Publish, PublishOptions, Retention,
+    StreamConfig,
 };
 
-use super::{now_ns, produce_with, Receipts, Stats, Workload};
+use super::{
+    now_ns, payload, produce_with, should_stop, Pacer, Receipts, Stats, Workload, RECEIPTS_BATCH,
+};
 
 fn stream_name(w: &Workload) -> String {
     w.topic.to_uppercase().replace(['.', '*', '>'], "_")
@@ -32,34 +35,165 @@ pub async fn prepare(addr: &str, w: &Workload) -> Result<(), String> {
     Ok(())
 }
 
-/// Producers: each keeps up to `in_flight` publishes awaiting their acks (acks=0: counted
-/// when sent, followed by one round trip at the end).
+/// Producers: each keeps up to `in_flight` publishes awaiting their acks, sent in batches
+/// (`Client::publish_batch`, see [`produce_batched`]); acks=0: fire-and-forget publishes,
+/// counted when sent, followed by one round trip at the end.
 pub async fn produce(addr: &str, w: &Workload, stats: Arc<Stats>) -> Result<(), String> {
     let mut clients = Vec::new();
     for _ in 0..w.producers.max(1) {
         clients.push(Client::connect(addr).await.map_err(|e| e.to_string())?);
     }
-    let fire_and_forget = w.acks == "0";
+    if w.acks != "0" {
+        return produce_batched(w, stats, clients).await;
+    }
     produce_with(
         w,
         stats,
         clients.clone(),
-        move |c: Client, subject, data| async move {
-            if fire_and_forget {
-                c.publish(&subject, &data).map_err(drop)
-            } else {
-                c.publish_ack(&subject, &data, PublishOptions::default())
-                    .await
-                    .map(drop)
-                    .map_err(drop)
-            }
-        },
+        move |c: Client, subject, data| async move { c.publish(&subject, &data).map_err(drop) },
     )
     .await?;
-    if fire_and_forget {
-        for c in clients {
-            let _ = c.ping().await;
-        }
+    for c in clients {
+        let _ = c.ping().await;
+    }
+    Ok(())
+}
+
+/// Messages per `publish_batch`: `batch_bytes` worth, at most a quarter of `in_flight` (so
+/// that several batches are in flight), at least one.
+fn batch_messages(w: &Workload) -> usize {
+    (w.batch_bytes / w.message_bytes.max(1)).clamp(1, (w.in_flight / 4).max(1))
+}
+
+/// One producer task per client, each keeping up to `in_flight` messages awaiting their acks
+/// in batches of [`batch_messages`]. Paced runs send the messages whose slots have come (at
+/// least one, each stamped with its own slot), so latency is still measured from each
+/// message's intended send time. Every message is still its own stream message with its own
+/// ack; a batch saves the per-message future, wake-up and write of `publish_ack`.
+async fn produce_batched(
+    w: &Workload,
+    stats: Arc<Stats>,
+    clients: Vec<Client>,
+) -> Result<(), String> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let sent = Arc::new(AtomicU64::new(0));
+    let started = std::time::Instant::now();
+    let partitions = w.partitions.max(1) as u64;
+    let subjects: Arc<Vec<String>> = Arc::new(
+        (0..partitions)
+            .map(|k| format!("{}.{k}", w.topic))
+            .collect(),
+    );
+    let per_batch = batch_messages(w);
+    let mut tasks = Vec::new();
+    for (p, client) in clients.into_iter().enumerate() {
+        let (w, stats, sent, subjects) = (w.clone(), stats.clone(), sent.clone(), subjects.clone());
+        tasks.push(tokio::spawn(async move {
+            let pacer = Pacer::new(&w);
+            let mut pending = FuturesUnordered::new();
+            let mut in_flight = 0usize;
+            let mut acks = Receipts::measured();
+            // A batch's outcome: per message its length and latency, or None (an error).
+            // Returns how many messages the batch had.
+            let take = |acks: &mut Receipts, done: Vec<Option<(usize, u64)>>| {
+                let n = done.len();
+                for outcome in done {
+                    match outcome {
+                        Some((len, latency)) => acks.record(len, latency),
+                        None => stats.error(),
+                    }
+                }
+                if acks.len() >= RECEIPTS_BATCH {
+                    acks.flush(&stats);
+                }
+                n
+            };
+            let mut i = 0u64;
+            loop {
+                if should_stop(&w, started, &sent) {
+                    break;
+                }
+                while in_flight >= w.in_flight.max(1) {
+                    acks.flush(&stats);
+                    if let Some(done) = pending.next().await {
+                        in_flight -= take(&mut acks, done);
+                    }
+                }
+                let room = (w.in_flight.max(1) - in_flight).min(per_batch);
+                // Acks are recorded when they arrive, also while waiting for the next slot.
+                let first_intended = loop {
+                    tokio::select! {
+                        biased;
+                        Some(done) = pending.next(), if !pending.is_empty() => {
+                            in_flight -= take(&mut acks, done);
+                        }
+                        t = pacer.wait(i) => break t,
+                    }
+                };
+                let mut n = room;
+                if w.rate > 0.0 {
+                    n = 1 + (1..room).take_while(|k| pacer.due(i + *k as u64)).count();
+                }
+                let first = sent.fetch_add(n as u64, Ordering::Relaxed);
+                if w.duration.is_none() {
+                    if first >= w.count {
+                        break;
+                    }
+                    n = n.min((w.count - first) as usize);
+                }
+                let msgs: Vec<(usize, Vec<u8>, u64)> = (0..n)
+                    .map(|k| {
+                        let seq = first + k as u64;
+                        let intended = if k == 0 {
+                            first_intended
+                        } else {
+                            pacer.intended_ns(i + k as u64)
+                        };
+                        let subject = ((seq + p as u64) % partitions) as usize;
+                        (subject, payload(w.message_bytes, seq, intended), intended)
+                    })
+                    .collect();
+                let (c, subjects) = (client.clone(), subjects.clone());
+                pending.push(async move {
+                    let batch: Vec<Publish<'_>> = msgs
+                        .iter()
+                        .map(|(subject, data, _)| Publish {
+                            subject: &subjects[*subject],
+                            data,
+                            opts: PublishOptions::default(),
+                        })
+                        .collect();
+                    let answers = c.publish_batch(&batch).await;
+                    let now = now_ns();
+                    match answers {
+                        Ok(answers) => answers
+                            .iter()
+                            .zip(&msgs)
+                            .map(|(a, (_, data, intended))| {
+                                a.is_ok().then(|| (data.len(), now - intended))
+                            })
+                            .collect(),
+                        Err(_) => vec![None; msgs.len()],
+                    }
+                });
+                in_flight += n;
+                i += n as u64;
+                while let Some(Some(done)) = futures::FutureExt::now_or_never(pending.next()) {
+                    in_flight -= take(&mut acks, done);
+                }
+                if w.rate > 0.0 {
+                    // Paced runs wait between batches: their acks are recorded before.
+                    acks.flush(&stats);
+                }
+            }
+            while let Some(done) = pending.next().await {
+                take(&mut acks, done);
+            }
+            acks.flush(&stats);
+        }));
+    }
+    for t in tasks {
+        t.await.map_err(|e| e.to_string())?;
     }
     Ok(())
 }
