@@ -107,9 +107,9 @@ struct BatchState {
 impl BatchWait {
     fn answer(&self, index: usize, f: Frame) {
         let mut st = self.state.lock().unwrap();
-        if st.answers[index].replace(f).is_none() {
-            st.remaining -= 1;
-        }
+        // Each correlation id's waiter is removed as it answers: one answer per index.
+        st.answers[index] = Some(f);
+        st.remaining -= 1;
         if st.remaining == 0 {
             if let Some(done) = st.done.take() {
                 let answers = std::mem::take(&mut st.answers);
@@ -670,7 +670,11 @@ impl Client {
                 done: Some(tx),
             }),
         });
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(
+            msgs.iter()
+                .map(|m| pub_frame_capacity(m.subject, m.data, &m.opts))
+                .sum(),
+        );
         let mut corrs = Vec::with_capacity(msgs.len());
         {
             let mut waiters = self.inner.waiters.lock().unwrap();
@@ -1003,12 +1007,16 @@ fn frame_of(op: u8, flags: u8, corr: u32, body: &[u8]) -> Vec<u8> {
 
 /// A PUB frame, its body encoded in place after the header (one buffer per publish).
 fn pub_frame(flags: u8, corr: u32, subject: &str, data: &[u8], opts: &PublishOptions) -> Vec<u8> {
-    let reply = opts.reply.as_deref().unwrap_or("");
-    let batch_max = batch::HEADER_BYTES + 32 + subject.len() + data.len();
-    let mut out =
-        Vec::with_capacity(4 + native::HEADER_BYTES + 4 + subject.len() + reply.len() + batch_max);
+    let mut out = Vec::with_capacity(pub_frame_capacity(subject, data, opts));
     put_pub_frame(&mut out, flags, corr, subject, data, opts);
     out
+}
+
+/// Room for one PUB frame without headers (one allocation per frame or batch buffer).
+fn pub_frame_capacity(subject: &str, data: &[u8], opts: &PublishOptions) -> usize {
+    let reply = opts.reply.as_deref().unwrap_or("");
+    let batch_max = batch::HEADER_BYTES + 32 + subject.len() + data.len();
+    4 + native::HEADER_BYTES + 4 + subject.len() + reply.len() + batch_max
 }
 
 /// Appends a PUB frame to `out`: frame header, PUB body (subject, reply) and the batch,
