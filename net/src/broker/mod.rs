@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod groups;
+pub mod mail;
 pub mod metadata;
 pub mod partition;
 pub mod read_ahead;
@@ -12,11 +13,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use futures::channel::mpsc;
 
 use self::config::BrokerConfig;
 use self::metadata::Metadata;
-use self::shard::{Job, Shard, Shared};
+use self::shard::{Shard, Shared};
 
 /// How often owned partitions are checked against retention.ms / retention.bytes.
 pub const RETENTION_CHECK_MS: u64 = 60_000;
@@ -48,25 +48,18 @@ pub fn serve(config: BrokerConfig) -> Result<(), String> {
     // Block the stop signals in every thread; the main thread waits for them below.
     let sigset = block_stop_signals();
 
-    let mut senders = Vec::with_capacity(shards);
-    let mut receivers = Vec::with_capacity(shards);
-    for _ in 0..shards {
-        let (tx, rx) = mpsc::unbounded::<Job>();
-        senders.push(tx);
-        receivers.push(Some(rx));
-    }
+    let endpoints: Vec<Option<mail::Endpoints>> =
+        mail::mesh(shards).into_iter().map(Some).collect();
     let listen = config.kafka_listen;
     let shared = Arc::new(Shared {
         config,
         metadata: ArcSwap::from_pointee(metadata),
-        job_senders: senders,
         stopping: std::sync::atomic::AtomicBool::new(false),
         drained: std::sync::atomic::AtomicUsize::new(0),
         closed: std::sync::atomic::AtomicUsize::new(0),
     });
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
-    let receivers = std::sync::Mutex::new(receivers);
-    let receivers = Arc::new(receivers);
+    let endpoints = Arc::new(std::sync::Mutex::new(endpoints));
     let next_shard_id = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     // Shards are pinned inside the CPUs this process may use (taskset, cgroup cpusets): a
     // broker started on CPU 1 must not pin itself onto CPU 0.
@@ -78,15 +71,15 @@ pub fn serve(config: BrokerConfig) -> Result<(), String> {
             let shared = shared.clone();
             move || {
                 let shared = shared.clone();
-                let receivers = receivers.clone();
+                let endpoints = endpoints.clone();
                 let ready_tx = ready_tx.clone();
                 let next_shard_id = next_shard_id.clone();
                 async move {
                     let id = next_shard_id.fetch_add(1, Ordering::SeqCst);
-                    let jobs = receivers.lock().expect("startup lock")[id]
+                    let mail = endpoints.lock().expect("startup lock")[id]
                         .take()
-                        .expect("one receiver per shard");
-                    run_shard(id, shared, jobs, listen, ready_tx).await
+                        .expect("one set of mail rings per shard");
+                    run_shard(id, shared, mail, listen, ready_tx).await
                 }
             }
         })
@@ -96,7 +89,6 @@ pub fn serve(config: BrokerConfig) -> Result<(), String> {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
                 shared.stopping.store(true, Ordering::SeqCst);
-                wake_all(&shared);
                 let _ = pool.join_all();
                 return Err(e);
             }
@@ -116,7 +108,6 @@ pub fn serve(config: BrokerConfig) -> Result<(), String> {
     let sig = wait_for_signal(&sigset);
     eprintln!("sluice: signal {sig}, stopping");
     shared.stopping.store(true, Ordering::SeqCst);
-    wake_all(&shared);
     for r in pool.join_all() {
         if let Err(e) = r {
             return Err(format!("a shard failed: {e:?}"));
@@ -126,26 +117,28 @@ pub fn serve(config: BrokerConfig) -> Result<(), String> {
     Ok(())
 }
 
-/// Nudges every shard so that it notices `stopping`.
-fn wake_all(shared: &Arc<Shared>) {
-    for tx in &shared.job_senders {
-        let _ = tx.unbounded_send(Box::new(|s: std::rc::Rc<Shard>| {
-            Box::pin(async move {
-                s.stop.notify_all();
-            })
-        }));
+/// How often a shard looks at the stop flag the signal thread sets. (The signal thread is no
+/// executor, and waking a glommio task from a foreign thread is what [`mail`] avoids.)
+const STOP_POLL_MS: u64 = 20;
+
+/// Wakes everything on this shard waiting for the stop once the signal thread asks for it.
+async fn watch_for_stop(shard: std::rc::Rc<Shard>) {
+    while !shard.shared.stopping.load(Ordering::SeqCst) {
+        glommio::timer::sleep(std::time::Duration::from_millis(STOP_POLL_MS)).await;
     }
+    shard.stop.notify_all();
 }
 
 async fn run_shard(
     id: usize,
     shared: Arc<Shared>,
-    jobs: mpsc::UnboundedReceiver<Job>,
+    mail: mail::Endpoints,
     listen: std::net::SocketAddr,
     ready: std::sync::mpsc::Sender<Result<usize, String>>,
 ) {
     let shard = Shard::new(id, shared);
-    glommio::spawn_local(shard.clone().run_jobs(jobs)).detach();
+    mail::Mail::start(&shard, mail);
+    glommio::spawn_local(watch_for_stop(shard.clone())).detach();
     if let Err(e) = shard.open_owned_partitions().await {
         let _ = ready.send(Err(format!("shard {id}: cannot open partitions: {e}")));
         return;

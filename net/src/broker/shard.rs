@@ -1,8 +1,9 @@
 //! Shards: one glommio executor per core, each the sole owner of a slice of the partitions.
 //!
 //! A request that touches a partition owned elsewhere is sent to the owner with
-//! [`Shard::submit_to`] (Seastar's `submit_to`): a `Send` closure travels over the owner's job
-//! queue, runs there and builds a local future, and the answer comes back over a oneshot.
+//! [`Shard::submit_to`] (Seastar's `submit_to`): a `Send` closure travels to the owner as
+//! [`mail`](super::mail), runs there and builds a local future, and the answer comes back as
+//! mail to the asking shard.
 //! Metadata changes run on shard 0 (the metadata home) and are published to every shard as an
 //! immutable snapshot.
 
@@ -15,11 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use futures::channel::{mpsc, oneshot};
-use futures::StreamExt;
 use sluice_storage::{wall_clock_ms, LogError};
 
 use super::config::{resolve_topic_config, BrokerConfig};
+use super::mail::Letter;
 use super::metadata::{owner_shard, partition_dir, Metadata};
 use super::partition::Partition;
 use sluice_storage::notify::Notify;
@@ -27,11 +27,10 @@ use sluice_storage::notify::Notify;
 pub type LocalFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 pub type Job = Box<dyn FnOnce(Rc<Shard>) -> LocalFuture<()> + Send>;
 
-/// State every shard can read: immutable config, the metadata snapshot, the job queues.
+/// State every shard can read: immutable config, the metadata snapshot, the stop flag.
 pub struct Shared {
     pub config: BrokerConfig,
     pub metadata: ArcSwap<Metadata>,
-    pub job_senders: Vec<mpsc::UnboundedSender<Job>>,
     pub stopping: AtomicBool,
     /// Shutdown barriers: shards that finished draining connections, and closing logs.
     pub drained: std::sync::atomic::AtomicUsize,
@@ -61,6 +60,8 @@ pub struct Shard {
     pub native: crate::native::pubsub::NativeShard,
     /// Kafka fetch: regions of owned partitions read ahead for consumers replaying from disk.
     pub read_ahead: super::read_ahead::ReadAhead,
+    /// Jobs to and answers from the other shards.
+    pub mail: super::mail::Mail,
 }
 
 impl Shard {
@@ -77,6 +78,7 @@ impl Shard {
             groups: RefCell::new(None),
             native: Default::default(),
             read_ahead: Default::default(),
+            mail: Default::default(),
         })
     }
 
@@ -101,16 +103,25 @@ impl Shard {
         if target == self.id {
             return f(self.clone()).await;
         }
-        let (tx, rx) = oneshot::channel();
+        let (ticket, answer) = self.mail.expect_answer();
+        let home = self.id;
         let job: Job = Box::new(move |shard| {
             Box::pin(async move {
-                let _ = tx.send(f(shard).await);
+                let value = f(shard.clone()).await;
+                shard.mail.post(
+                    home,
+                    Letter::Answer {
+                        ticket,
+                        value: Box::new(value),
+                    },
+                );
             })
         });
-        self.shared.job_senders[target]
-            .unbounded_send(job)
-            .expect("every shard's job queue lives as long as the broker");
-        rx.await.expect("a submitted job always answers")
+        self.mail.post(target, Letter::Job(job));
+        let value = answer.await.expect("a submitted job always answers");
+        *value
+            .downcast::<T>()
+            .expect("an answer has the type its asker expects")
     }
 
     /// Runs `f` on shard `target` without waiting for it (jobs to one shard run in the order
@@ -123,16 +134,7 @@ impl Shard {
             glommio::spawn_local(f(self.clone())).detach();
             return;
         }
-        self.shared.job_senders[target]
-            .unbounded_send(Box::new(f))
-            .expect("every shard's job queue lives as long as the broker");
-    }
-
-    /// Serves jobs other shards submit to this one, each as its own task.
-    pub async fn run_jobs(self: Rc<Self>, mut jobs: mpsc::UnboundedReceiver<Job>) {
-        while let Some(job) = jobs.next().await {
-            glommio::spawn_local(job(self.clone())).detach();
-        }
+        self.mail.post(target, Letter::Job(Box::new(f)));
     }
 
     /// The shard that coordinates `group_id`.
