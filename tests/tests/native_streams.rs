@@ -1130,3 +1130,49 @@ fn a_batch_in_flight_when_the_server_dies_fails_closed() {
         );
     });
 }
+
+/// A connection remembers what its recent subjects resolved to (no subscribers, which stream):
+/// a subscription, a new stream or a deleted stream must each be seen by its very next publish.
+#[test]
+fn a_publisher_sees_new_subscribers_and_stream_changes_at_once() {
+    let dir = TestDir::new("native-subject-memo");
+    let broker = Broker::start(&dir.0, &[]);
+    rt().block_on(async {
+        let publisher = Client::connect(&broker.native).await.unwrap();
+        let other = Client::connect(&broker.native).await.unwrap();
+        // Remembered: no stream and no subscriber for m.1 (the acked publish is refused).
+        for _ in 0..3 {
+            publisher.publish("m.1", b"nobody").unwrap();
+            let refused = publisher
+                .publish_ack("m.1", b"nobody", Default::default())
+                .await;
+            assert!(refused.is_err(), "no stream captures m.1 yet: {refused:?}");
+        }
+        // A subscriber appears on another connection: the next publish reaches it.
+        let mut sub = other.subscribe("m.*").await.unwrap();
+        publisher.publish("m.1", b"seen").unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .expect("the publish after the subscription was delivered")
+            .unwrap();
+        assert_eq!(&got.data[..], b"seen");
+        sub.unsubscribe().await.unwrap();
+        // Remembered again without subscribers; then a stream starts capturing m.*.
+        publisher.publish("m.1", b"nobody").unwrap();
+        other
+            .add_stream(stream("M", &["m.*"], Retention::Limits))
+            .await
+            .unwrap();
+        let ack = publisher
+            .publish_ack("m.1", b"stored", Default::default())
+            .await
+            .expect("the new stream captures the next publish");
+        assert_eq!((ack.stream.as_str(), ack.seq), ("M", 1));
+        // And once it is deleted, publishes to m.1 are refused again.
+        other.delete_stream("M").await.unwrap();
+        let refused = publisher
+            .publish_ack("m.1", b"gone", Default::default())
+            .await;
+        assert!(refused.is_err(), "stream M was deleted: {refused:?}");
+    });
+}

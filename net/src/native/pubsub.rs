@@ -58,6 +58,9 @@ pub struct NativeShard {
     pub streams: RefCell<HashMap<String, Rc<super::streams::StreamHome>>>,
     next_conn: Cell<u64>,
     round_robin: Cell<u64>,
+    /// Bumped whenever `subs` changes (lets a publisher remember that a subject has no
+    /// subscribers).
+    pub subs_version: Cell<u64>,
 }
 
 impl NativeShard {
@@ -79,6 +82,7 @@ pub async fn broadcast_sub(shard: &Rc<Shard>, pattern: String, key: SubKey, add:
         shard.submit_to(target, move |s| {
             Box::pin(async move {
                 let mut subs = s.native.subs.borrow_mut();
+                s.native.subs_version.set(s.native.subs_version.get() + 1);
                 if add {
                     subs.insert(&pattern, key);
                 } else {

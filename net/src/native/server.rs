@@ -23,6 +23,7 @@ use sluice_storage::wall_clock_ms;
 
 use super::pubsub::{self, ConnOut, SubKey};
 use super::streams::{Published, Refusal};
+use crate::broker::metadata::Metadata;
 use crate::broker::shard::Shard;
 
 /// Bytes one read of a connection asks for.
@@ -77,6 +78,8 @@ fn push_frame(out: &mut Vec<u8>, op: u8, status: u16, corr: u32, body: &[u8]) {
 /// task, one durability wait and one write of acknowledgements, not one of each per message.
 #[derive(Default)]
 struct PubRun {
+    /// What the previous publish's subject resolved to (publishers mostly repeat subjects).
+    memo: SubjectMemo,
     stream: String,
     msgs: Vec<Published>,
     /// Correlation id to acknowledge each message under (0: no answer wanted).
@@ -140,6 +143,67 @@ impl PubRun {
                 c.out.send(out);
             }
         });
+    }
+}
+
+/// Recent subjects' checks, remembered while nothing they depend on changes: each subject is a
+/// valid literal, no subscription matches it (under `subs_version`), and the stream that
+/// captures it (under the metadata snapshot `meta`). Publishers mostly cycle through a few
+/// subjects; one with a new subject per message only refills this now and then.
+#[derive(Default)]
+struct SubjectMemo {
+    subs_version: u64,
+    meta: Option<Arc<Metadata>>,
+    subjects: Vec<(Box<str>, Option<Rc<str>>)>,
+}
+
+/// Subjects a connection's memo holds before it starts over.
+const SUBJECT_MEMO_MAX: usize = 32;
+
+impl SubjectMemo {
+    fn current(&self, subs_version: u64, meta: &Arc<Metadata>) -> bool {
+        self.subs_version == subs_version
+            && self.meta.as_ref().is_some_and(|m| Arc::ptr_eq(m, meta))
+    }
+
+    /// The stream capturing `subject` (or none), if the memo answers for it.
+    fn get(
+        &self,
+        subject: &str,
+        subs_version: u64,
+        meta: &Arc<Metadata>,
+    ) -> Option<Option<Rc<str>>> {
+        if !self.current(subs_version, meta) {
+            return None;
+        }
+        let (_, stream) = self.subjects.iter().find(|(s, _)| &**s == subject)?;
+        Some(stream.clone())
+    }
+
+    fn set(
+        &mut self,
+        subject: &str,
+        subs_version: u64,
+        meta: &Arc<Metadata>,
+        stream: Option<&str>,
+    ) {
+        if !self.current(subs_version, meta) || self.subjects.len() >= SUBJECT_MEMO_MAX {
+            self.subjects.clear();
+            self.subs_version = subs_version;
+            self.meta = Some(meta.clone());
+        }
+        // Streams are shared between entries (most subjects go to one stream).
+        let stream = stream.map(|name| {
+            match self
+                .subjects
+                .iter()
+                .find_map(|(_, s)| s.clone().filter(|s| &**s == name))
+            {
+                Some(shared) => shared,
+                None => Rc::from(name),
+            }
+        });
+        self.subjects.push((subject.into(), stream));
     }
 }
 
@@ -501,13 +565,36 @@ where
 
 fn publish(conn: &Rc<Conn>, h: Header, body: Bytes, run: &mut PubRun) -> Result<(), String> {
     let p = Pub::decode(&body).map_err(|e| e.0)?;
-    if let Err(e) = sluice_core::subject::validate_literal(p.subject) {
+    let (subject, reply) = (p.subject, p.reply);
+    let batch_start = body.len() - p.batch.len();
+    let shard = &conn.shard;
+    let meta = shard.metadata();
+    let subs_version = shard.native.subs_version.get();
+    // The common case: the subject of the previous publish, still without subscribers.
+    if reply.is_empty() {
+        if let Some(stream) = run.memo.get(subject, subs_version, &meta) {
+            match stream {
+                Some(name) => {
+                    let batch = body.slice(batch_start..);
+                    let want_ack = h.flags & flag::ACK != 0 && h.corr != 0;
+                    let msg = Published::in_frame(&body, subject, batch);
+                    run.push(conn, &name, msg, if want_ack { h.corr } else { 0 });
+                }
+                None => {
+                    if h.corr != 0 && h.flags & flag::ACK != 0 {
+                        conn.error(h.corr, no_stream(subject));
+                    }
+                }
+            }
+            return Ok(());
+        }
+    }
+    if let Err(e) = sluice_core::subject::validate_literal(subject) {
         if h.corr != 0 {
             conn.error(h.corr, (status::BAD_REQUEST, e.0));
         }
         return Ok(());
     }
-    let (subject, reply) = (p.subject, p.reply);
     if let Some(rest) = subject.strip_prefix("$FC.") {
         // A push consumer's answer to flow control: $FC.<stream>.<consumer>.<token>.
         let parts: Vec<&str> = rest.split('.').collect();
@@ -526,12 +613,13 @@ fn publish(conn: &Rc<Conn>, h: Header, body: Bytes, run: &mut PubRun) -> Result<
         }
         return Ok(());
     }
-    let batch_start = body.len() - p.batch.len();
     let batch = body.slice(batch_start..);
-    let shard = &conn.shard;
     let delivered = pubsub::route(shard, subject, reply, None, batch.clone());
-    let meta = shard.metadata();
-    match meta.stream_for(subject).map(|s| &s.config.name) {
+    let stream = meta.stream_for(subject).map(|s| s.config.name.as_str());
+    if delivered == 0 && !subject.starts_with('$') {
+        run.memo.set(subject, subs_version, &meta, stream);
+    }
+    match stream {
         Some(name) => {
             let want_ack = h.flags & flag::ACK != 0 && h.corr != 0;
             // Registered with the stream in arrival order: the run is stored before any other
@@ -541,17 +629,18 @@ fn publish(conn: &Rc<Conn>, h: Header, body: Bytes, run: &mut PubRun) -> Result<
         }
         None => {
             if h.corr != 0 && (h.flags & flag::ACK != 0 || (!reply.is_empty() && delivered == 0)) {
-                conn.error(
-                    h.corr,
-                    (
-                        status::NO_RESPONDERS,
-                        format!("no stream or subscriber for subject {subject}"),
-                    ),
-                );
+                conn.error(h.corr, no_stream(subject));
             }
         }
     }
     Ok(())
+}
+
+fn no_stream(subject: &str) -> Refusal {
+    (
+        status::NO_RESPONDERS,
+        format!("no stream or subscriber for subject {subject}"),
+    )
 }
 
 async fn fetch(conn: &Rc<Conn>, corr: u32, req: FetchRequest) {
