@@ -4,5 +4,6 @@
 
 pub mod admin;
 pub mod pubsub;
+pub mod read_buf;
 pub mod server;
 pub mod streams;

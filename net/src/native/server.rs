@@ -10,7 +10,7 @@ use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures::StreamExt;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::{TcpListener, TcpStream};
@@ -293,17 +293,13 @@ async fn read_loop(
 ) -> std::io::Result<()> {
     let shard = &conn.shard;
     let max = shard.shared.config.native_frame_bytes_max;
-    // Two chunks: room for further reads after frames are split off (and the size BytesMut
-    // keeps allocating when it must move).
-    let mut buf = BytesMut::with_capacity(2 * READ_CHUNK_BYTES);
-    // Initialized bytes just past `buf.len()` (see the read below).
-    let mut spare_init = 0;
+    let mut rb = super::read_buf::ReadBuffer::default();
     let mut hello = false;
     let mut run = PubRun::default();
     loop {
         // Frames already buffered first.
         loop {
-            let split = native::split_frame(&buf, max);
+            let split = native::split_frame(rb.filled(), max);
             let (h, body) = match split {
                 Ok(Some(x)) => x,
                 Ok(None) => break,
@@ -313,7 +309,7 @@ async fn read_loop(
                     return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, m));
                 }
             };
-            let frame = buf.split_to(body.end).freeze();
+            let frame = rb.filled().split_to(body.end).freeze();
             let body = frame.slice(body);
             if !hello {
                 if h.op != op::HELLO {
@@ -393,26 +389,13 @@ async fn read_loop(
         if shard.is_stopping() {
             return Ok(());
         }
-        // Read straight into the buffer frames are split off (no intermediate chunk). What an
-        // earlier read's zeroing initialized and the read did not fill is still there past
-        // `filled` (splitting frames off the front leaves the end in place): only the rest is
-        // zeroed, as much as was read (zeroing the whole chunk before every read was 6% of a
-        // broker taking 1 KiB publishes).
-        let filled = buf.len();
-        let want = filled + READ_CHUNK_BYTES;
-        if buf.capacity() >= want {
-            // SAFETY: within the capacity, and bytes `filled..filled + spare_init` are
-            // initialized (zeroed by an earlier resize, nothing moved the buffer since).
-            unsafe { buf.set_len(filled + spare_init) };
-        }
-        buf.resize(want, 0);
-        let n = futures_lite::future::or(
-            async { Some(reader.read(&mut buf[filled..]).await) },
-            async {
-                stop.await;
-                None
-            },
-        )
+        // Read straight into the buffer frames are split off (no intermediate chunk, no
+        // zeroing: see ReadBuffer).
+        let spare = rb.spare(READ_CHUNK_BYTES);
+        let n = futures_lite::future::or(async { Some(reader.read(spare).await) }, async {
+            stop.await;
+            None
+        })
         .await;
         let n = match n {
             None => return Ok(()),
@@ -420,8 +403,7 @@ async fn read_loop(
             Some(Ok(0)) => return Ok(()),
             Some(Ok(n)) => n,
         };
-        buf.truncate(filled + n);
-        spare_init = READ_CHUNK_BYTES - n;
+        rb.commit(READ_CHUNK_BYTES, n);
     }
 }
 
