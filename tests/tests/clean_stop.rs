@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_client::{Client, Publish, Retention, StreamConfig};
-use sluice_tests::{Broker, TestDir};
+use sluice_tests::{multi_thread_runtime, Broker, TestDir};
 
 const STREAMS: [&str; 4] = ["S0", "S1", "S2", "S3"];
 
@@ -18,11 +18,7 @@ const STREAMS: [&str; 4] = ["S0", "S1", "S2", "S3"];
 fn sigterm_under_cross_shard_publishing_stops_cleanly_and_keeps_what_was_acked() {
     let dir = TestDir::new("clean-stop");
     let mut broker = Broker::start(&dir.0, &[]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread_runtime();
     // (stream, seq) of every acknowledged publish.
     let acked: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
     for round in 0..4u64 {

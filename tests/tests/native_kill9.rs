@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_client::{Client, ConsumerConfig, FetchOptions, Retention, StreamConfig};
-use sluice_tests::{Broker, TestDir};
+use sluice_tests::{multi_thread_runtime, Broker, TestDir};
 
 /// (sequence, body) of every acknowledged publish.
 type Acked = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
@@ -15,11 +15,7 @@ type Acked = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
 fn acknowledged_publishes_survive_kill9() {
     let dir = TestDir::new("native-kill9");
     let mut broker = Broker::start(&dir.0, &[]);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = multi_thread_runtime();
     let acked: Acked = Arc::default();
     for round in 0..3 {
         rt.block_on(async {
