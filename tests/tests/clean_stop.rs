@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice_client::{Client, Publish, Retention, StreamConfig};
-use sluice_tests::{multi_thread_runtime, Broker, TestDir};
+use sluice_tests::{multi_thread_runtime, sluice_bin, Broker, TestDir};
 
 const STREAMS: [&str; 4] = ["S0", "S1", "S2", "S3"];
 
@@ -109,4 +109,79 @@ fn sigterm_under_cross_shard_publishing_stops_cleanly_and_keeps_what_was_acked()
         });
     }
     assert_eq!(broker.stop(), Some(0));
+}
+
+/// A shard that cannot open what it owns fails the start with a plain error, and the shards
+/// that did start stop too (they used to wait forever for it at the shutdown barriers, with
+/// SIGTERM blocked).
+#[test]
+fn a_shard_that_cannot_open_its_data_fails_the_start_instead_of_hanging() {
+    let dir = TestDir::new("clean-stop-bad-shard");
+    let mut broker = Broker::start(&dir.0, &[]);
+    multi_thread_runtime().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        // S1 is homed on shard 1 (see the top of this file).
+        c.add_stream(StreamConfig {
+            name: "S1".into(),
+            subjects: vec!["s1.*".into()],
+            ..StreamConfig::default()
+        })
+        .await
+        .unwrap();
+        c.publish_ack("s1.a", b"x", Default::default())
+            .await
+            .unwrap();
+    });
+    assert_eq!(broker.stop(), Some(0));
+    // Its log directory replaced by a file: shard 1 cannot open it, shard 0 can start.
+    let log_dir = find_dir(&dir.0, "S1-0").expect("the stream's log directory");
+    std::fs::remove_dir_all(&log_dir).unwrap();
+    std::fs::write(&log_dir, b"not a directory").unwrap();
+    let mut child = std::process::Command::new(sluice_bin())
+        .args(["serve", "--data-dir"])
+        .arg(&dir.0)
+        .args([
+            "--kafka-listen",
+            &broker.kafka,
+            "--native-listen",
+            &broker.native,
+        ])
+        .args(["--shards", "2"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the broker neither started nor exited within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(1), "stderr: {err}");
+    assert!(
+        err.contains("shard 1") && err.contains("S1-0"),
+        "stderr: {err}"
+    );
+}
+
+fn find_dir(root: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(root).ok()? {
+        let path = entry.ok()?.path();
+        if path.is_dir() {
+            if path.file_name().is_some_and(|n| n == name) {
+                return Some(path);
+            }
+            if let Some(found) = find_dir(&path, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
 }

@@ -139,9 +139,49 @@ async fn run_shard(
     let shard = Shard::new(id, shared);
     mail::Mail::start(&shard, mail);
     glommio::spawn_local(watch_for_stop(shard.clone())).detach();
+    let listener = match start_shard(&shard, listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            // The shards that did start must not wait for this one at their shutdown barriers.
+            shard.shared.drained.fetch_add(1, Ordering::SeqCst);
+            shard.close_partitions().await;
+            shard.shared.closed.fetch_add(1, Ordering::SeqCst);
+            shard.stopped.set(true);
+            return;
+        }
+    };
+    let _ = ready.send(Ok(id));
+    server_until_stopped(shard.clone(), listener).await;
+    // Shutdown in phases across shards, so that no shard leaves while another still needs it
+    // for a forwarded request: (1) drain in-flight requests, (2) sync every log, (3) exit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while shard.connections.get() > 0 && std::time::Instant::now() < deadline {
+        let idle = shard.idle.notified();
+        if shard.connections.get() == 0 {
+            break;
+        }
+        futures_lite::future::or(
+            idle,
+            glommio::timer::sleep(std::time::Duration::from_millis(50)),
+        )
+        .await;
+    }
+    barrier(&shard.shared.drained, shards_of(&shard)).await;
+    shard.close_partitions().await;
+    barrier(&shard.shared.closed, shards_of(&shard)).await;
+    shard.stopped.set(true);
+}
+
+/// Opens what this shard owns (partitions, the offsets log, streams) and its listeners; returns
+/// the Kafka listener.
+async fn start_shard(
+    shard: &std::rc::Rc<Shard>,
+    listen: std::net::SocketAddr,
+) -> Result<glommio::net::TcpListener, String> {
+    let id = shard.id;
     if let Err(e) = shard.open_owned_partitions().await {
-        let _ = ready.send(Err(format!("shard {id}: cannot open partitions: {e}")));
-        return;
+        return Err(format!("shard {id}: cannot open partitions: {e}"));
     }
     let limits = sluice_core::group::GroupLimits {
         session_timeout_ms_min: shard.shared.config.group_min_session_timeout_ms,
@@ -169,15 +209,13 @@ async fn run_shard(
             .detach();
         }
         Err(e) => {
-            let _ = ready.send(Err(format!("shard {id}: cannot open the offsets log: {e}")));
-            return;
+            return Err(format!("shard {id}: cannot open the offsets log: {e}"));
         }
     }
     let listener = match glommio::net::TcpListener::bind(listen) {
         Ok(l) => l,
         Err(e) => {
-            let _ = ready.send(Err(format!("cannot listen on {listen}: {e}")));
-            return;
+            return Err(format!("cannot listen on {listen}: {e}"));
         }
     };
     let native_streams: Vec<String> = shard
@@ -188,9 +226,8 @@ async fn run_shard(
         .cloned()
         .collect();
     for name in native_streams {
-        if let Err((_, m)) = crate::native::admin::open_stream(&shard, &name).await {
-            let _ = ready.send(Err(format!("shard {id}: cannot open stream {name}: {m}")));
-            return;
+        if let Err((_, m)) = crate::native::admin::open_stream(shard, &name).await {
+            return Err(format!("shard {id}: cannot open stream {name}: {m}"));
         }
     }
     if let Some(addr) = shard.shared.config.native_listen {
@@ -199,32 +236,12 @@ async fn run_shard(
                 glommio::spawn_local(crate::native::server::accept_loop(shard.clone(), l)).detach();
             }
             Err(e) => {
-                let _ = ready.send(Err(format!("cannot listen on {addr}: {e}")));
-                return;
+                return Err(format!("cannot listen on {addr}: {e}"));
             }
         }
     }
     glommio::spawn_local(shard.clone().housekeeping(RETENTION_CHECK_MS)).detach();
-    let _ = ready.send(Ok(id));
-    server_until_stopped(shard.clone(), listener).await;
-    // Shutdown in phases across shards, so that no shard leaves while another still needs it
-    // for a forwarded request: (1) drain in-flight requests, (2) sync every log, (3) exit.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while shard.connections.get() > 0 && std::time::Instant::now() < deadline {
-        let idle = shard.idle.notified();
-        if shard.connections.get() == 0 {
-            break;
-        }
-        futures_lite::future::or(
-            idle,
-            glommio::timer::sleep(std::time::Duration::from_millis(50)),
-        )
-        .await;
-    }
-    barrier(&shard.shared.drained, shards_of(&shard)).await;
-    shard.close_partitions().await;
-    barrier(&shard.shared.closed, shards_of(&shard)).await;
-    shard.stopped.set(true);
+    Ok(listener)
 }
 
 /// The online CPUs in this process's affinity mask; `None` (all online CPUs) if it cannot be
