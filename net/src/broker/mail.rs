@@ -155,8 +155,6 @@ mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use arc_swap::ArcSwap;
-
     use super::*;
     use crate::broker::config::BrokerConfig;
     use crate::broker::metadata::Metadata;
@@ -174,13 +172,7 @@ mod tests {
             shards,
             ..Default::default()
         };
-        let shared = Arc::new(Shared {
-            config,
-            metadata: ArcSwap::from_pointee(Metadata::default()),
-            stopping: Default::default(),
-            drained: Default::default(),
-            closed: Default::default(),
-        });
+        let shared = Arc::new(Shared::new(config, Metadata::default()));
         let endpoints = Arc::new(Mutex::new(
             mesh(shards).into_iter().map(Some).collect::<Vec<_>>(),
         ));

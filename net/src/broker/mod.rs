@@ -12,8 +12,6 @@ pub mod shard;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
-
 use self::config::BrokerConfig;
 use self::metadata::Metadata;
 use self::shard::{Shard, Shared};
@@ -51,13 +49,7 @@ pub fn serve(config: BrokerConfig) -> Result<(), String> {
     let endpoints: Vec<Option<mail::Endpoints>> =
         mail::mesh(shards).into_iter().map(Some).collect();
     let listen = config.kafka_listen;
-    let shared = Arc::new(Shared {
-        config,
-        metadata: ArcSwap::from_pointee(metadata),
-        stopping: std::sync::atomic::AtomicBool::new(false),
-        drained: std::sync::atomic::AtomicUsize::new(0),
-        closed: std::sync::atomic::AtomicUsize::new(0),
-    });
+    let shared = Arc::new(Shared::new(config, metadata));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<usize, String>>();
     let endpoints = Arc::new(std::sync::Mutex::new(endpoints));
     let next_shard_id = Arc::new(std::sync::atomic::AtomicUsize::new(0));

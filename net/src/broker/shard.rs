@@ -37,6 +37,18 @@ pub struct Shared {
     pub closed: std::sync::atomic::AtomicUsize,
 }
 
+impl Shared {
+    pub fn new(config: BrokerConfig, metadata: Metadata) -> Shared {
+        Shared {
+            config,
+            metadata: ArcSwap::from_pointee(metadata),
+            stopping: AtomicBool::new(false),
+            drained: Default::default(),
+            closed: Default::default(),
+        }
+    }
+}
+
 /// Producer-id allocation, kept on shard 0 and persisted a block at a time.
 pub struct ProducerIds {
     next: i64,

@@ -23,6 +23,8 @@ pub struct ReadBuffer {
     initialized: bool,
     /// Buffers left behind while frames still use them.
     parked: Vec<BytesMut>,
+    /// Where the last [`spare`](Self::spare) began.
+    spare_at: usize,
     /// Pooled buffers allocated so far (for tests).
     allocated: usize,
 }
@@ -33,6 +35,7 @@ impl Default for ReadBuffer {
             buf: BytesMut::new(),
             initialized: false,
             parked: Vec::new(),
+            spare_at: 0,
             allocated: 0,
         };
         b.buf = b.allocate();
@@ -49,13 +52,13 @@ impl ReadBuffer {
 
     /// Room for a read of up to `chunk` bytes after the filled part.
     pub fn spare(&mut self, chunk: usize) -> &mut [u8] {
-        let filled = self.buf.len();
-        let room = self.buf.capacity() - filled >= chunk
+        let room = self.buf.capacity() - self.buf.len() >= chunk
             || (self.initialized && self.buf.try_reclaim(chunk));
         if !room {
             self.switch(chunk);
         }
         let filled = self.buf.len();
+        self.spare_at = filled;
         if self.initialized {
             // SAFETY: the capacity holds `filled + chunk` (ensured above), and all of a pooled
             // buffer's memory was initialized when it was allocated (`try_reclaim` only ever
@@ -68,9 +71,8 @@ impl ReadBuffer {
     }
 
     /// Keeps `n` bytes of the last [`spare`](Self::spare) (what the read returned).
-    pub fn commit(&mut self, chunk: usize, n: usize) {
-        let filled = self.buf.len() - chunk;
-        self.buf.truncate(filled + n);
+    pub fn commit(&mut self, n: usize) {
+        self.buf.truncate(self.spare_at + n);
     }
 
     /// Moves the partial frame at the front to a buffer with room for `chunk` more bytes.
@@ -143,7 +145,7 @@ mod tests {
             let spare = rb.spare(chunk);
             let n = want.min(data.len() - at);
             spare[..n].copy_from_slice(&data[at..at + n]);
-            rb.commit(chunk, n);
+            rb.commit(n);
             at += n;
             while rb.filled().len() >= frame || (at == data.len() && !rb.filled().is_empty()) {
                 let take = frame.min(rb.filled().len());

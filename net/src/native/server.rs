@@ -192,18 +192,7 @@ impl SubjectMemo {
             self.subs_version = subs_version;
             self.meta = Some(meta.clone());
         }
-        // Streams are shared between entries (most subjects go to one stream).
-        let stream = stream.map(|name| {
-            match self
-                .subjects
-                .iter()
-                .find_map(|(_, s)| s.clone().filter(|s| &**s == name))
-            {
-                Some(shared) => shared,
-                None => Rc::from(name),
-            }
-        });
-        self.subjects.push((subject.into(), stream));
+        self.subjects.push((subject.into(), stream.map(Rc::from)));
     }
 }
 
@@ -403,7 +392,7 @@ async fn read_loop(
             Some(Ok(0)) => return Ok(()),
             Some(Ok(n)) => n,
         };
-        rb.commit(READ_CHUNK_BYTES, n);
+        rb.commit(n);
     }
 }
 
@@ -555,19 +544,17 @@ fn publish(conn: &Rc<Conn>, h: Header, body: Bytes, run: &mut PubRun) -> Result<
     // The common case: the subject of the previous publish, still without subscribers.
     if reply.is_empty() {
         if let Some(stream) = run.memo.get(subject, subs_version, &meta) {
-            match stream {
-                Some(name) => {
-                    let batch = body.slice(batch_start..);
-                    let want_ack = h.flags & flag::ACK != 0 && h.corr != 0;
-                    let msg = Published::in_frame(&body, subject, batch);
-                    run.push(conn, &name, msg, if want_ack { h.corr } else { 0 });
-                }
-                None => {
-                    if h.corr != 0 && h.flags & flag::ACK != 0 {
-                        conn.error(h.corr, no_stream(subject));
-                    }
-                }
-            }
+            let batch = body.slice(batch_start..);
+            store_or_refuse(
+                conn,
+                run,
+                h,
+                &body,
+                subject,
+                batch,
+                stream.as_deref(),
+                false,
+            );
             return Ok(());
         }
     }
@@ -601,28 +588,53 @@ fn publish(conn: &Rc<Conn>, h: Header, body: Bytes, run: &mut PubRun) -> Result<
     if delivered == 0 && !subject.starts_with('$') {
         run.memo.set(subject, subs_version, &meta, stream);
     }
+    let unanswered_request = !reply.is_empty() && delivered == 0;
+    store_or_refuse(
+        conn,
+        run,
+        h,
+        &body,
+        subject,
+        batch,
+        stream,
+        unanswered_request,
+    );
+    Ok(())
+}
+
+/// Adds a publish to `stream`'s run; with no stream, answers NO_RESPONDERS when the publisher
+/// asked for an ack, or sent a request no subscriber received (`unanswered_request`).
+#[allow(clippy::too_many_arguments)]
+fn store_or_refuse(
+    conn: &Rc<Conn>,
+    run: &mut PubRun,
+    h: Header,
+    body: &Bytes,
+    subject: &str,
+    batch: Bytes,
+    stream: Option<&str>,
+    unanswered_request: bool,
+) {
     match stream {
         Some(name) => {
             let want_ack = h.flags & flag::ACK != 0 && h.corr != 0;
             // Registered with the stream in arrival order: the run is stored before any other
             // request of this connection is handled, and before the next read.
-            let msg = Published::in_frame(&body, subject, batch);
+            let msg = Published::in_frame(body, subject, batch);
             run.push(conn, name, msg, if want_ack { h.corr } else { 0 });
         }
         None => {
-            if h.corr != 0 && (h.flags & flag::ACK != 0 || (!reply.is_empty() && delivered == 0)) {
-                conn.error(h.corr, no_stream(subject));
+            if h.corr != 0 && (h.flags & flag::ACK != 0 || unanswered_request) {
+                conn.error(
+                    h.corr,
+                    (
+                        status::NO_RESPONDERS,
+                        format!("no stream or subscriber for subject {subject}"),
+                    ),
+                );
             }
         }
     }
-    Ok(())
-}
-
-fn no_stream(subject: &str) -> Refusal {
-    (
-        status::NO_RESPONDERS,
-        format!("no stream or subscriber for subject {subject}"),
-    )
 }
 
 async fn fetch(conn: &Rc<Conn>, corr: u32, req: FetchRequest) {
