@@ -424,12 +424,16 @@ pub fn records(batch: &[u8], decompressed_bytes_max: usize) -> Result<Vec<Record
     let count = header.records_count as usize;
     // Each record takes at least 7 bytes; do not trust the count for the allocation.
     let mut out = Vec::with_capacity(count.min(body.len() / 7 + 1));
+    // Under LogAppendTime every record's timestamp is the broker's append time, as in Kafka's
+    // `DefaultRecord.readFrom`.
+    let append_time =
+        (header.timestamp_type() == TimestampType::LogAppendTime).then_some(header.max_timestamp);
     for index in 0..count {
         let mut r = next_record(&mut reader, index)?;
         let (offset_delta, v) = parse_record(&mut r, index)?;
         out.push(Record {
             offset: header.base_offset.wrapping_add(offset_delta as i64),
-            timestamp: header.base_timestamp.wrapping_add(v.timestamp),
+            timestamp: append_time.unwrap_or(header.base_timestamp.wrapping_add(v.timestamp)),
             key: v.key.map(<[u8]>::to_vec),
             value: v.value.map(<[u8]>::to_vec),
             headers: v
@@ -918,6 +922,11 @@ mod tests {
         let header = validate(&batch).unwrap();
         assert_eq!(header.timestamp_type(), TimestampType::LogAppendTime);
         assert_eq!(header.max_timestamp, 77);
+        // Records then read as appended at that time, whatever their create times.
+        assert!(records(&batch, 1 << 20)
+            .unwrap()
+            .iter()
+            .all(|r| r.timestamp == 77));
     }
 
     #[test]

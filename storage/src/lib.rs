@@ -29,5 +29,5 @@ pub mod tail_cache;
 pub use config::{FsyncPolicy, LogConfig};
 pub use dma::{run_local, wall_clock_ms, DmaDisk};
 pub use error::LogError;
-pub use log::{AppendInfo, FileRegion, Log, TimestampHit};
+pub use log::{AppendInfo, FileRegion, Log, Stamp, TimestampHit};
 pub use sim::SimDisk;

@@ -42,6 +42,18 @@ pub struct AppendInfo {
     pub last_offset: Offset,
 }
 
+/// What the log writes into its own copy of a batch besides the offsets: the broker's fields
+/// of a Kafka batch header, so that a caller holding the batch in a shared (immutable) buffer
+/// does not copy it just to stamp it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Stamp {
+    /// `partitionLeaderEpoch` (outside the CRC).
+    pub partition_leader_epoch: Option<i32>,
+    /// `LogAppendTime`: the timestamp-type attribute and `maxTimestamp` (inside the CRC, which
+    /// is recomputed); the time index then uses this time.
+    pub log_append_time_ms: Option<i64>,
+}
+
 /// A record found by [`Log::offset_for_timestamp`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TimestampHit {
@@ -537,6 +549,18 @@ impl<D: Disk> Log<D> {
         batch: &[u8],
         header: BatchHeader,
     ) -> Result<AppendInfo, LogError> {
+        self.buffer_stamped(now_ms, batch, header, Stamp::default())
+            .await
+    }
+
+    /// [`Log::buffer_checked`] that also writes `stamp` into the log's copy of the batch.
+    pub async fn buffer_stamped(
+        &self,
+        now_ms: u64,
+        batch: &[u8],
+        header: BatchHeader,
+        stamp: Stamp,
+    ) -> Result<AppendInfo, LogError> {
         self.check_size(batch)?;
         // Appends that must wait for buffer space queue in arrival order (tickets), so that a
         // stream of fresh appends cannot starve one that is waiting.
@@ -565,7 +589,9 @@ impl<D: Disk> Log<D> {
                             st.space_tickets_issued += 1;
                         }
                         st.claim(Claim::Exclusive)
-                    } else if let Some(info) = self.try_buffer(&mut st, now_ms, batch, &header) {
+                    } else if let Some(info) =
+                        self.try_buffer(&mut st, now_ms, batch, &header, stamp)
+                    {
                         return Ok::<AppendInfo, LogError>(info);
                     } else {
                         if ticket.is_none() {
@@ -1053,6 +1079,7 @@ impl<D: Disk> Log<D> {
         now_ms: u64,
         batch: &[u8],
         header: &BatchHeader,
+        stamp: Stamp,
     ) -> Option<AppendInfo> {
         let len = batch.len();
         let need = st.tail.fill + len;
@@ -1076,6 +1103,14 @@ impl<D: Disk> Log<D> {
         let copy = &mut st.tail.buf.bytes_mut()[fill..fill + len];
         copy.copy_from_slice(batch);
         batch::set_base_offset(copy, Offset(base));
+        if let Some(epoch) = stamp.partition_leader_epoch {
+            batch::set_partition_leader_epoch(copy, epoch);
+        }
+        let mut max_timestamp = header.max_timestamp;
+        if let Some(time) = stamp.log_append_time_ms {
+            batch::set_log_append_time(copy, time);
+            max_timestamp = time;
+        }
         let last = base + header.last_offset_delta as i64;
         self.cache.borrow_mut().push(base, last, copy);
         st.tail.fill += len;
@@ -1085,7 +1120,7 @@ impl<D: Disk> Log<D> {
         let pos = active.size;
         active.size += len as u64;
         active.next_offset = last + 1;
-        active.max_timestamp = active.max_timestamp.max(header.max_timestamp);
+        active.max_timestamp = active.max_timestamp.max(max_timestamp);
         active.first_append_ms.get_or_insert(now_ms);
         let max_ts = active.max_timestamp;
         active.index.on_batch(

@@ -818,3 +818,63 @@ fn zeroes_are_preallocated_ahead_and_cut_by_rolls_and_recovery() {
         assert_eq!(log.size_bytes(), appended.len() as u64);
     });
 }
+
+/// A stamped append leaves the caller's bytes alone and stores the leader epoch and the
+/// LogAppendTime in the log's copy, with a CRC that matches the rewritten header; the time
+/// index then knows the batch by its append time, also after a reopen (read from the disk).
+#[test]
+fn stamps_go_into_the_logs_copy_with_a_fresh_crc() {
+    use sluice_storage::Stamp;
+    block_on(async {
+        let disk = SimDisk::new();
+        let dir = PathBuf::from("/sim/stamp");
+        let mut log = open_log(&disk, &dir, 0, FsyncPolicy::Always, FsyncPolicy::Always).await;
+        let plain = make_batch(0, 3, 100, 0);
+        let stamped = make_batch(1, 2, 100, 1);
+        for (b, stamp) in [
+            (&plain, Stamp::default()),
+            (
+                &stamped,
+                Stamp {
+                    partition_leader_epoch: Some(7),
+                    log_append_time_ms: Some(5_000_000),
+                },
+            ),
+        ] {
+            let before = b.clone();
+            let header = batch::validate_for_append(b).unwrap();
+            let info = log.buffer_stamped(1, b, header, stamp).await.unwrap();
+            log.acked(1, info.last_offset).await.unwrap();
+            assert_eq!(*b, before, "the caller's batch is not written to");
+        }
+        for reopen in [false, true] {
+            if reopen {
+                log.sync(2).await.unwrap();
+                drop(log);
+                log = open_log(&disk, &dir, 2, FsyncPolicy::Always, FsyncPolicy::Always).await;
+            }
+            let bytes = log.read(Offset(3), 1 << 20).await.unwrap();
+            let h = batch::validate(&bytes).expect("the stored copy's CRC is valid");
+            assert_eq!(h.base_offset, 3);
+            assert_eq!(h.partition_leader_epoch, 7);
+            assert_eq!(h.max_timestamp, 5_000_000);
+            assert_ne!(h.attributes & 0x08, 0, "timestamp type LogAppendTime");
+            assert_eq!(
+                &bytes[61..h.total_bytes()],
+                &stamped[61..],
+                "records unchanged"
+            );
+            let first = log.read(Offset(0), 1 << 20).await.unwrap();
+            let h0 = BatchHeader::parse(&first).unwrap();
+            assert_eq!(
+                &first[12..h0.total_bytes()],
+                &plain[12..],
+                "an empty stamp changes nothing"
+            );
+            // Records of the stamped batch carry create times near 1_000_010; by append time
+            // it is the first batch at or after 4_000_000.
+            let hit = log.offset_for_timestamp(4_000_000).await.unwrap().unwrap();
+            assert_eq!(hit.offset, Offset(3));
+        }
+    });
+}

@@ -8,7 +8,7 @@ use sluice_core::producer::{ProducerCheck, ProducerStates};
 use sluice_core::Offset;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-use sluice_storage::{DmaDisk, FileRegion, Log, LogError};
+use sluice_storage::{DmaDisk, FileRegion, Log, LogError, Stamp};
 
 use super::config::TopicConfig;
 use crate::kafka::errors as ec;
@@ -86,16 +86,18 @@ impl Partition {
     }
 
     /// Appends one producer batch (Kafka allows exactly one per partition in a v2 produce).
-    pub async fn produce(&self, mut bytes: Vec<u8>, now_ms: u64) -> ProduceResult {
+    /// `bytes` may be a view of the request's frame: the leader epoch and a LogAppendTime are
+    /// written into the log's own copy, and the CRC is checked once.
+    pub async fn produce(&self, bytes: &[u8], now_ms: u64) -> ProduceResult {
         if bytes.len() > self.log.config().batch_bytes_max {
             return Err(ec::MESSAGE_TOO_LARGE);
         }
-        let header = match batch::validate_for_append(&bytes) {
+        let header = match batch::validate_for_append(bytes) {
             Ok(h) if h.total_bytes() == bytes.len() => h,
             Ok(_) => return Err(ec::INVALID_RECORD),
             Err(_) => {
                 // More than one batch, or a damaged one.
-                let (found, used) = batch::split_batches(&bytes, true);
+                let (found, used) = batch::split_batches(bytes, true);
                 return Err(if found.len() > 1 && used == bytes.len() {
                     ec::INVALID_RECORD
                 } else {
@@ -103,10 +105,13 @@ impl Partition {
                 });
             }
         };
-        batch::set_partition_leader_epoch(&mut bytes, 0);
+        let mut stamp = Stamp {
+            partition_leader_epoch: Some(0),
+            log_append_time_ms: None,
+        };
         let mut append_time = -1;
         if self.log_append_time.get() {
-            batch::set_log_append_time(&mut bytes, now_ms as i64);
+            stamp.log_append_time_ms = Some(now_ms as i64);
             append_time = now_ms as i64;
         }
         match self.producers.borrow_mut().check_and_record(&header) {
@@ -118,7 +123,15 @@ impl Partition {
             ProducerCheck::FencedEpoch => return Err(ec::INVALID_PRODUCER_EPOCH),
             ProducerCheck::OutOfOrder => return Err(ec::OUT_OF_ORDER_SEQUENCE_NUMBER),
         }
-        match self.log.append(now_ms, &mut bytes).await {
+        let appended = async {
+            let info = self
+                .log
+                .buffer_stamped(now_ms, bytes, header, stamp)
+                .await?;
+            self.log.acked(now_ms, info.last_offset).await?;
+            Ok::<_, LogError>(info)
+        };
+        match appended.await {
             Ok(info) => {
                 self.producers
                     .borrow_mut()

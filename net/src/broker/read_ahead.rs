@@ -268,7 +268,7 @@ mod tests {
             for i in 0..4 {
                 b.push(i, None, Some(&[i as u8; 1024]), &[]);
             }
-            p.produce(b.build(), 1).await.unwrap();
+            p.produce(&b.build(), 1).await.unwrap();
         }
         p.log.sync(1).await.unwrap();
         assert_eq!(p.log.acked_end(), Offset(160));

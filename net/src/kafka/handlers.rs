@@ -390,7 +390,7 @@ async fn produce(shard: &Rc<Shard>, req: ProduceRequest) -> Option<ProduceRespon
                         let Some(p) = s.partition(&name, index) else {
                             return (ti, pi, Err(ec::UNKNOWN_TOPIC_OR_PARTITION));
                         };
-                        let r = p.produce(records.to_vec(), wall_clock_ms()).await;
+                        let r = p.produce(&records, wall_clock_ms()).await;
                         let start = p.log.start_offset().0;
                         (ti, pi, r.map(|(base, time)| (base, time, start)))
                     }
