@@ -878,3 +878,56 @@ fn stamps_go_into_the_logs_copy_with_a_fresh_crc() {
         }
     });
 }
+
+/// Every acknowledged batch of the newest write rounds is answered from memory, byte for byte
+/// what the disk holds, whether its round was one batch or many buffered together.
+#[test]
+fn the_newest_rounds_are_answered_from_memory() {
+    block_on(async {
+        let disk = SimDisk::new();
+        let log = open_log(
+            &disk,
+            &PathBuf::from("/sim/tail"),
+            0,
+            FsyncPolicy::Always,
+            FsyncPolicy::Always,
+        )
+        .await;
+        // Round 1: one batch at a time; round 2: three buffered, then acknowledged together.
+        let one = make_batch(0, 2, 300, 0);
+        let h = batch::validate_for_append(&one).unwrap();
+        let info = log.buffer_checked(1, &one, h).await.unwrap();
+        log.acked(1, info.last_offset).await.unwrap();
+        let mut last = info.last_offset;
+        // (first offset, position in the segment) of each batch.
+        let mut starts = vec![(0, 0), (2, one.len())];
+        for seq in 1..4 {
+            let b = make_batch(seq, 1, 500, 0);
+            let h = batch::validate_for_append(&b).unwrap();
+            last = log.buffer_checked(1, &b, h).await.unwrap().last_offset;
+            starts.push((last.0 + 1, starts.last().unwrap().1 + b.len()));
+        }
+        log.acked(1, last).await.unwrap();
+        let dir = PathBuf::from("/sim/tail");
+        let name = disk
+            .list(&dir)
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|n| n.ends_with(".log"))
+            .unwrap();
+        let file = disk.read_small(&dir.join(name)).await.unwrap().unwrap();
+        for from in 0..=last.0 {
+            let cached = log
+                .read_cached(Offset(from), 1 << 20)
+                .unwrap()
+                .unwrap_or_else(|| panic!("offset {from} is not in the tail cache"));
+            let at = starts.iter().rev().find(|(o, _)| *o <= from).unwrap().1;
+            assert_eq!(&cached[..], &file[at..at + cached.len()], "at {from}");
+            assert_eq!(
+                BatchHeader::parse(&cached).unwrap().base_offset,
+                starts.iter().rev().find(|(o, _)| *o <= from).unwrap().0
+            );
+        }
+    });
+}
