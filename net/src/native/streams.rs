@@ -885,10 +885,8 @@ impl StreamHome {
         let mut sorted = seqs.to_vec();
         sorted.sort_unstable();
         sorted.dedup_by_key(|(s, _)| *s);
-        // Runs a..=b of consecutive sequences, cut into parts of about READ_PART_BYTES that
-        // are read concurrently: one 1 MiB read at a time left the device mostly idle (a
-        // backlog replay kept ~3 reads in flight and read half what the Kafka fetch's
-        // read-ahead did from the same disk).
+        // Runs a..=b of consecutive sequences, cut into parts of about READ_PART_BYTES, read
+        // concurrently (a fetch's reads overlap instead of each waiting for the one before).
         let mut parts = Vec::new();
         let mut i = 0;
         while i < sorted.len() {
