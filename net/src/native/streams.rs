@@ -829,7 +829,6 @@ impl StreamHome {
             )
         };
         let dead_out: Vec<(u64, u32)> = dead.into_iter().map(|s| (s, deliveries_max)).collect();
-        let seqs: Vec<u64> = picked.iter().map(|(d, _, _, _)| d.stream_seq).collect();
         let sizes: Vec<(u64, u32)> = picked
             .iter()
             .map(|(d, _, _, size)| (d.stream_seq, *size))
@@ -856,6 +855,9 @@ impl StreamHome {
                 batch,
             });
         }
+        // Only what goes out is done: a message whose read failed is not (under work-queue
+        // retention it would be removed unseen).
+        let seqs: Vec<u64> = out.iter().map(|d| d.meta.stream_seq).collect();
         if ack_none && !seqs.is_empty() {
             self.consumer_done(&seqs);
         }
@@ -1243,13 +1245,23 @@ async fn read_run(part: &Partition, a: u64, b: u64, est: u64) -> Vec<(u64, Bytes
     while next <= b {
         let want = est.clamp(4096, 4 << 20) as usize;
         let from = Offset(next as i64 - 1);
-        let bytes = match part.log.read_cached(from, want) {
+        let read = match part.log.read_cached(from, want) {
+            Ok(Some(bytes)) => Ok(Some(bytes)),
+            Ok(None) => part
+                .log
+                .read_region_bytes(from, want)
+                .await
+                .map(|b| b.map(Bytes::from)),
+            Err(e) => Err(e),
+        };
+        let bytes = match read {
             Ok(Some(bytes)) => bytes,
-            Ok(None) => match part.log.read_region_bytes(from, want).await {
-                Ok(Some(bytes)) => Bytes::from(bytes),
-                _ => break,
-            },
-            Err(_) => break,
+            // Removed meanwhile (retention, purge): nothing to send.
+            Ok(None) | Err(LogError::OffsetOutOfRange { .. }) => break,
+            Err(e) => {
+                eprintln!("sluice: reading stream messages {next}..={b} failed: {e}");
+                break;
+            }
         };
         let (found, _) = batch::split_batches(&bytes, false);
         let mut advanced = false;
