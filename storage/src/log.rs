@@ -516,7 +516,23 @@ impl<D: Disk> Log<D> {
     /// [`Log::append`] of a batch the caller cannot lend mutably (a shared frame buffer): the
     /// offsets are written into the log's own copy.
     pub async fn append_ref(&self, now_ms: u64, batch: &[u8]) -> Result<AppendInfo, LogError> {
-        let info = self.buffer_ref(now_ms, batch).await?;
+        self.check_size(batch)?;
+        let header = batch::validate_for_append(batch)?;
+        self.append_stamped(now_ms, batch, header, Stamp::default())
+            .await
+    }
+
+    /// [`Log::append_ref`] of a batch the caller already ran through
+    /// [`batch::validate_for_append`] (`header`), with `stamp` written into the log's copy
+    /// ([`Log::buffer_stamped`]).
+    pub async fn append_stamped(
+        &self,
+        now_ms: u64,
+        batch: &[u8],
+        header: BatchHeader,
+        stamp: Stamp,
+    ) -> Result<AppendInfo, LogError> {
+        let info = self.buffer_stamped(now_ms, batch, header, stamp).await?;
         self.acked(now_ms, info.last_offset).await?;
         Ok(info)
     }

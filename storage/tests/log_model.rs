@@ -922,12 +922,9 @@ fn the_newest_rounds_are_answered_from_memory() {
                 .read_cached(Offset(from), 1 << 20)
                 .unwrap()
                 .unwrap_or_else(|| panic!("offset {from} is not in the tail cache"));
-            let at = starts.iter().rev().find(|(o, _)| *o <= from).unwrap().1;
+            let (base, at) = *starts.iter().rev().find(|(o, _)| *o <= from).unwrap();
             assert_eq!(&cached[..], &file[at..at + cached.len()], "at {from}");
-            assert_eq!(
-                BatchHeader::parse(&cached).unwrap().base_offset,
-                starts.iter().rev().find(|(o, _)| *o <= from).unwrap().0
-            );
+            assert_eq!(BatchHeader::parse(&cached).unwrap().base_offset, base);
         }
     });
 }

@@ -105,15 +105,11 @@ impl Partition {
                 });
             }
         };
-        let mut stamp = Stamp {
+        let stamp = Stamp {
             partition_leader_epoch: Some(0),
-            log_append_time_ms: None,
+            log_append_time_ms: self.log_append_time.get().then_some(now_ms as i64),
         };
-        let mut append_time = -1;
-        if self.log_append_time.get() {
-            stamp.log_append_time_ms = Some(now_ms as i64);
-            append_time = now_ms as i64;
-        }
+        let append_time = stamp.log_append_time_ms.unwrap_or(-1);
         match self.producers.borrow_mut().check_and_record(&header) {
             ProducerCheck::Append => {}
             ProducerCheck::Duplicate {
@@ -123,15 +119,7 @@ impl Partition {
             ProducerCheck::FencedEpoch => return Err(ec::INVALID_PRODUCER_EPOCH),
             ProducerCheck::OutOfOrder => return Err(ec::OUT_OF_ORDER_SEQUENCE_NUMBER),
         }
-        let appended = async {
-            let info = self
-                .log
-                .buffer_stamped(now_ms, bytes, header, stamp)
-                .await?;
-            self.log.acked(now_ms, info.last_offset).await?;
-            Ok::<_, LogError>(info)
-        };
-        match appended.await {
+        match self.log.append_stamped(now_ms, bytes, header, stamp).await {
             Ok(info) => {
                 self.producers
                     .borrow_mut()

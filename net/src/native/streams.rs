@@ -833,14 +833,14 @@ impl StreamHome {
             .iter()
             .map(|(d, _, _, size)| (d.stream_seq, *size))
             .collect();
-        let bodies = self.read_many(&sizes).await;
+        let mut bodies = self.read_many(&sizes).await;
         let mut out = Vec::with_capacity(picked.len());
         let (stream, consumer): (Arc<str>, Arc<str>) = (self.name.as_str().into(), consumer.into());
         for (d, subject, ts, _) in picked {
             let Ok(at) = bodies.binary_search_by_key(&d.stream_seq, |(s, _)| *s) else {
                 continue; // removed meanwhile
             };
-            let batch = bodies[at].1.clone();
+            let batch = std::mem::take(&mut bodies[at].1);
             out.push(Delivered {
                 subject,
                 meta: MsgMeta {
@@ -1246,13 +1246,12 @@ async fn read_run(part: &Partition, a: u64, b: u64, est: u64) -> Vec<(u64, Bytes
         let want = est.clamp(4096, 4 << 20) as usize;
         let from = Offset(next as i64 - 1);
         let read = match part.log.read_cached(from, want) {
-            Ok(Some(bytes)) => Ok(Some(bytes)),
             Ok(None) => part
                 .log
                 .read_region_bytes(from, want)
                 .await
                 .map(|b| b.map(Bytes::from)),
-            Err(e) => Err(e),
+            cached => cached,
         };
         let bytes = match read {
             Ok(Some(bytes)) => bytes,
