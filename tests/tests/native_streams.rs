@@ -526,6 +526,98 @@ fn a_backlog_is_read_back_from_disk_whole_and_in_order() {
     });
 }
 
+/// Large answers (pull fetches of about a megabyte, written to the socket as they are) and
+/// small ones (publish acks, coalesced into shared writes) interleaved on one connection: every
+/// answer arrives whole, once, and matches its request.
+#[test]
+fn large_fetches_and_small_acks_interleave_on_one_connection() {
+    let dir = TestDir::new("native-large-small");
+    let broker = Broker::start(&dir.0, &[]);
+    let body = |i: usize| -> Vec<u8> { (0..2000).map(|k| (i * 13 + k) as u8).collect() };
+    let backlog = 3000; // ~6 MB, read back in fetches of 500 (~1 MB each)
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        c.add_stream(stream("BIG", &["big.*"], Retention::Limits))
+            .await
+            .unwrap();
+        c.add_stream(stream("SMALL", &["small.*"], Retention::Limits))
+            .await
+            .unwrap();
+        let bodies: Vec<Vec<u8>> = (0..backlog).map(body).collect();
+        for chunk in bodies.chunks(500) {
+            let msgs: Vec<Publish<'_>> = chunk
+                .iter()
+                .map(|data| Publish {
+                    subject: "big.x",
+                    data,
+                    opts: PublishOptions::default(),
+                })
+                .collect();
+            for a in c.publish_batch(&msgs).await.unwrap() {
+                a.unwrap();
+            }
+        }
+        let mut all = pull("all", 30_000);
+        all.ack_policy = AckPolicy::None;
+        c.add_consumer("BIG", all).await.unwrap();
+
+        let reads = async {
+            // Three pull requests outstanding at a time, as a draining consumer keeps them.
+            let fetch = || {
+                c.fetch(
+                    "BIG",
+                    "all",
+                    FetchOptions {
+                        batch: 500,
+                        max_bytes: 4 << 20,
+                        ..batch(500, 2000)
+                    },
+                )
+            };
+            let mut got = Vec::new();
+            while got.len() < backlog {
+                let (a, b, d) = futures::join!(fetch(), fetch(), fetch());
+                for r in [a, b, d] {
+                    got.extend(r.expect("fetch answered"));
+                }
+            }
+            got
+        };
+        let small: Vec<Vec<u8>> = (0..3000).map(|i| format!("s-{i}").into_bytes()).collect();
+        let acks = futures::future::join_all(
+            small
+                .iter()
+                .map(|data| c.publish_ack("small.y", data, PublishOptions::default())),
+        );
+        // A lost or mangled answer leaves its request waiting: fail instead of hanging.
+        let (got, acks) = tokio::time::timeout(Duration::from_secs(60), async {
+            futures::join!(reads, acks)
+        })
+        .await
+        .expect("every fetch and publish answered within 60 s");
+
+        let mut seqs: Vec<u64> = got
+            .iter()
+            .map(|m| m.meta.as_ref().unwrap().stream_seq)
+            .collect();
+        seqs.sort_unstable();
+        assert_eq!(seqs, (1..=backlog as u64).collect::<Vec<_>>());
+        for m in &got {
+            let seq = m.meta.as_ref().unwrap().stream_seq as usize;
+            assert_eq!(m.data, &bodies[seq - 1][..], "message {seq}");
+        }
+        let acked: Vec<u64> = acks
+            .into_iter()
+            .map(|a| {
+                let a = a.expect("publish acknowledged");
+                assert_eq!(a.stream, "SMALL");
+                a.seq
+            })
+            .collect();
+        assert_eq!(acked, (1..=3000).collect::<Vec<u64>>());
+    });
+}
+
 #[test]
 fn pub_sub_queue_groups_and_request_reply() {
     let dir = TestDir::new("native-pubsub");
