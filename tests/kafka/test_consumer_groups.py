@@ -63,6 +63,10 @@ def seen_offsets(state_dir, names):
     for n in names:
         try:
             for line in open(os.path.join(state_dir, f"{n}.seen")):
+                # A line without its newline is still being written (or its writer was
+                # killed mid-line): skip it, the next poll reads it whole.
+                if not line.endswith("\n"):
+                    continue
                 p, o = line.split()
                 out.add((int(p), int(o)))
         except OSError:
