@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use sluice_client::{
-    AckPolicy, Client, ConsumerConfig, Error, FetchOptions, Publish, PublishOptions, PurgeRequest,
-    Retention, Storage, StreamConfig,
+    AckPolicy, Client, ConsumerConfig, Error, FetchOptions, MessagesOptions, Publish,
+    PublishOptions, PurgeRequest, Retention, Storage, StreamConfig,
 };
 use sluice_tests::{Broker, TestDir};
 
@@ -523,6 +523,162 @@ fn a_backlog_is_read_back_from_disk_whole_and_in_order() {
             }
         }
         assert_eq!(seen, (0..count).filter(|i| i % 3 == 1).collect::<Vec<_>>());
+    });
+}
+
+/// `Client::messages`, a pull consumer read as a stream: its pull requests stay outstanding
+/// (the consumer's `num_waiting` shows them), a backlog comes through whole and in order across
+/// many pulls, a message published later reaches a waiting pull, what went to the pulls of a
+/// dropped stream comes back after ack_wait, and a pull the server refuses ends the stream
+/// with the server's error at once, even while the pulls before it wait.
+#[test]
+fn messages_keeps_pulls_outstanding_and_delivers_in_order() {
+    let dir = TestDir::new("native-messages");
+    let broker = Broker::start(&dir.0, &[]);
+    let within = |d: u64| Duration::from_secs(d);
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        c.add_stream(stream("M", &["m.*"], Retention::Limits))
+            .await
+            .unwrap();
+        let count = 3_000u64;
+        let bodies: Vec<String> = (0..count).map(|i| format!("msg-{i}")).collect();
+        let subjects = ["m.0", "m.1", "m.2"];
+        for chunk in (0..count as usize).collect::<Vec<_>>().chunks(500) {
+            let msgs: Vec<Publish<'_>> = chunk
+                .iter()
+                .map(|&i| Publish {
+                    subject: subjects[i % 3],
+                    data: bodies[i].as_bytes(),
+                    opts: PublishOptions::default(),
+                })
+                .collect();
+            for a in c.publish_batch(&msgs).await.unwrap() {
+                a.unwrap();
+            }
+        }
+        c.add_consumer("M", pull("w", 2_000)).await.unwrap();
+        let opts = MessagesOptions {
+            batch: 64,
+            pulls: 4,
+            expires: Duration::from_secs(1),
+            ..MessagesOptions::default()
+        };
+        let mut msgs = c.messages("M", "w", opts.clone()).unwrap();
+        for i in 0..count {
+            let m = tokio::time::timeout(within(10), msgs.next())
+                .await
+                .unwrap_or_else(|_| panic!("message {i} did not come"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(m.meta.as_ref().unwrap().stream_seq, i + 1);
+            assert_eq!(m.data, bodies[i as usize].as_bytes());
+            m.ack().await.unwrap();
+        }
+        // Caught up: a message published now goes to a pull already waiting at the server.
+        let waiting =
+            |c: Client| async move { c.consumer_info("M", "w").await.unwrap().num_waiting };
+        let next = tokio::spawn(async move {
+            let m = msgs.next().await;
+            (msgs, m)
+        });
+        let deadline = tokio::time::Instant::now() + within(5);
+        while waiting(c.clone()).await != 4 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "4 pulls never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c.publish_ack("m.1", b"late", Default::default())
+            .await
+            .unwrap();
+        let (msgs, m) = tokio::time::timeout(within(5), next)
+            .await
+            .unwrap()
+            .unwrap();
+        let m = m.unwrap().unwrap();
+        assert_eq!(
+            (m.data.as_ref(), m.meta.as_ref().unwrap().stream_seq),
+            (&b"late"[..], count + 1)
+        );
+        m.ack_sync().await.unwrap();
+        let ci = c.consumer_info("M", "w").await.unwrap();
+        assert_eq!(
+            (ci.num_ack_pending, ci.ack_floor.stream_seq),
+            (0, count + 1)
+        );
+
+        // Dropped with its pulls outstanding: a message one of them receives is not lost, it
+        // is redelivered after ack_wait (2 s) once those pulls expired (1 s).
+        drop(msgs);
+        c.publish_ack("m.2", b"orphan", Default::default())
+            .await
+            .unwrap();
+        let mut again = c.messages("M", "w", opts.clone()).unwrap();
+        let m = tokio::time::timeout(within(10), again.next())
+            .await
+            .expect("the orphaned message was not redelivered")
+            .unwrap()
+            .unwrap();
+        let meta = m.meta.as_ref().unwrap();
+        assert_eq!(
+            (m.data.as_ref(), meta.stream_seq),
+            (&b"orphan"[..], count + 2)
+        );
+        assert_eq!(meta.deliveries, 2, "it went to an abandoned pull first");
+        m.ack_sync().await.unwrap();
+        drop(again);
+
+        // More pulls than the consumer's max_waiting: the third is refused (409). The first
+        // two wait for a subject nobody publishes to, yet the error comes out at once.
+        let mut few = pull("few", 30_000);
+        few.max_waiting = 2;
+        few.filter_subjects = vec!["m.none".into()];
+        c.add_consumer("M", few).await.unwrap();
+        let mut refused = c
+            .messages(
+                "M",
+                "few",
+                MessagesOptions {
+                    pulls: 3,
+                    expires: Duration::from_secs(30),
+                    ..MessagesOptions::default()
+                },
+            )
+            .unwrap();
+        let e = tokio::time::timeout(within(5), refused.next())
+            .await
+            .expect("the refusal did not come out while earlier pulls waited")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.status(), Some(409), "{e}");
+        assert!(
+            refused.next().await.is_none(),
+            "the stream ends after its error"
+        );
+
+        // An unknown consumer: the server's 404, then the end.
+        let mut gone = c
+            .messages("M", "nobody", MessagesOptions::default())
+            .unwrap();
+        let e = tokio::time::timeout(within(5), gone.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.status(), Some(404), "{e}");
+        assert!(gone.next().await.is_none());
+        assert!(c
+            .messages(
+                "M",
+                "w",
+                MessagesOptions {
+                    pulls: 0,
+                    ..MessagesOptions::default()
+                }
+            )
+            .is_err());
     });
 }
 

@@ -26,6 +26,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -257,6 +258,159 @@ impl Default for FetchOptions {
             expires: Duration::from_secs(5),
             no_wait: false,
         }
+    }
+}
+
+/// Options of [`Client::messages`].
+#[derive(Debug, Clone)]
+pub struct MessagesOptions {
+    /// Messages asked for by each pull request.
+    pub batch: u32,
+    /// Byte limit of each pull request's answer (0: none).
+    pub max_bytes: u64,
+    /// Pull requests kept outstanding at the server.
+    pub pulls: usize,
+    /// How long a pull request waits at the server for messages before it is renewed.
+    pub expires: Duration,
+}
+
+impl Default for MessagesOptions {
+    fn default() -> Self {
+        MessagesOptions {
+            batch: 500,
+            max_bytes: 0,
+            pulls: 2,
+            expires: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One pull request under way: its MSG frames, then FETCH_END (or ERROR). Dropped, it is
+/// forgotten: whatever the server still sends for it is discarded.
+struct Pull {
+    client: Client,
+    corr: u32,
+    rx: mpsc::UnboundedReceiver<Frame>,
+    /// Frames that arrived before this pull's turn came (see [`Messages`]).
+    stash: std::collections::VecDeque<Frame>,
+}
+
+/// What one frame of a pull means.
+enum Step {
+    Msg(Message),
+    End,
+    Skip,
+}
+
+impl Pull {
+    fn step(&self, f: Frame, known: &(Arc<str>, Arc<str>)) -> Result<Step, Error> {
+        match f.header.op {
+            op::MSG => {
+                let m = Msg::decode(&f.body).map_err(|e| Error::Protocol(e.0))?;
+                decode_message(&self.client, &m, &f.body, Some(known)).map(Step::Msg)
+            }
+            op::FETCH_END => match f.header.status {
+                status::OK | status::NOT_FOUND | status::TIMEOUT => Ok(Step::End),
+                _ => Err(server_error(&f)),
+            },
+            op::ERROR => Err(server_error(&f)),
+            _ => Ok(Step::Skip),
+        }
+    }
+}
+
+impl Drop for Pull {
+    fn drop(&mut self) {
+        self.client.inner.waiters.lock().unwrap().remove(&self.corr);
+    }
+}
+
+/// A pull consumer read as a stream (see [`Client::messages`]). Dropping it abandons the
+/// outstanding pulls: messages the server hands to them meanwhile are not seen here, and
+/// (unless the consumer's ack policy is none) are redelivered after `ack_wait`.
+pub struct Messages {
+    client: Client,
+    known: (Arc<str>, Arc<str>),
+    opts: MessagesOptions,
+    /// Outstanding pulls, oldest first. Messages are handed out from the front one; frames of
+    /// the others wait in their stash, so the order is the server's even when a later pull's
+    /// answer arrives first.
+    pulls: std::collections::VecDeque<Pull>,
+    /// An error ended the stream.
+    ended: bool,
+}
+
+impl Messages {
+    /// The next message, waiting as long as it takes; `Some(Err)` once if the server refused
+    /// a pull (the consumer was deleted, or more pulls than its `max_waiting`) or the
+    /// connection closed, and `None` after that. Cancel-safe: a `next()` dropped before it
+    /// finished loses no message.
+    pub async fn next(&mut self) -> Option<Result<Message, Error>> {
+        while !self.ended {
+            if let Err(e) = self.refill() {
+                return Some(Err(self.end(e)));
+            }
+            let step = std::future::poll_fn(|cx| self.poll_front(cx))
+                .await
+                .and_then(|f| self.pulls[0].step(f, &self.known));
+            match step {
+                Ok(Step::Msg(m)) => return Some(Ok(m)),
+                // Answered in full (or expired empty): its place goes to a new pull.
+                Ok(Step::End) => {
+                    self.pulls.pop_front();
+                }
+                Ok(Step::Skip) => {}
+                Err(e) => return Some(Err(self.end(e))),
+            }
+        }
+        None
+    }
+
+    /// The front pull's next frame. While it has none, the other pulls' frames are read into
+    /// their stash, and an ERROR among them (or the connection closing) comes out at once.
+    fn poll_front(&mut self, cx: &mut std::task::Context<'_>) -> Poll<Result<Frame, Error>> {
+        let front = &mut self.pulls[0];
+        if let Some(f) = front.stash.pop_front() {
+            return Poll::Ready(Ok(f));
+        }
+        match front.rx.poll_recv(cx) {
+            // Its waiter goes after FETCH_END or ERROR, which end the pull: a closed channel
+            // here means the connection went.
+            Poll::Ready(f) => return Poll::Ready(f.ok_or(Error::Closed)),
+            Poll::Pending => {}
+        }
+        for p in self.pulls.iter_mut().skip(1) {
+            while let Poll::Ready(f) = p.rx.poll_recv(cx) {
+                match f {
+                    Some(f) if f.header.op == op::ERROR => return Poll::Ready(Ok(f)),
+                    Some(f) => p.stash.push_back(f),
+                    None if p.stash.back().is_some_and(|f| f.header.op == op::FETCH_END) => break,
+                    None => return Poll::Ready(Err(Error::Closed)),
+                }
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Tops the outstanding pulls back up to `opts.pulls`.
+    fn refill(&mut self) -> Result<(), Error> {
+        let opts = FetchOptions {
+            batch: self.opts.batch,
+            max_bytes: self.opts.max_bytes,
+            expires: self.opts.expires,
+            no_wait: false,
+        };
+        while self.pulls.len() < self.opts.pulls {
+            let p = self.client.pull(&self.known.0, &self.known.1, &opts)?;
+            self.pulls.push_back(p);
+        }
+        Ok(())
+    }
+
+    fn end(&mut self, e: Error) -> Error {
+        self.ended = true;
+        self.pulls.clear();
+        e
     }
 }
 
@@ -941,9 +1095,59 @@ impl Client {
         consumer: &str,
         opts: FetchOptions,
     ) -> Result<Vec<Message>, Error> {
+        let mut pull = self.pull(stream, consumer, &opts)?;
+        let known: (Arc<str>, Arc<str>) = (stream.into(), consumer.into());
+        let mut out = Vec::new();
+        loop {
+            let f = pull.rx.recv().await.ok_or(Error::Closed)?;
+            match pull.step(f, &known)? {
+                Step::Msg(m) => out.push(m),
+                Step::End => return Ok(out),
+                Step::Skip => {}
+            }
+        }
+    }
+
+    /// Reads a pull consumer as a stream of messages, the way a JetStream client's
+    /// `messages()` does: `opts.pulls` pull requests of `opts.batch` messages stay outstanding
+    /// at the server, and each one answered is replaced as soon as its messages have been
+    /// handed out, so the server prepares the next batch while this one is processed.
+    /// Messages come in the order the server assigned them to the pulls. At most
+    /// `pulls × batch` messages are buffered here.
+    pub fn messages(
+        &self,
+        stream: &str,
+        consumer: &str,
+        opts: MessagesOptions,
+    ) -> Result<Messages, Error> {
+        if opts.batch == 0 || opts.pulls == 0 {
+            return Err(Error::Protocol(
+                "messages: batch and pulls must be at least 1".into(),
+            ));
+        }
+        let mut m = Messages {
+            client: self.clone(),
+            known: (stream.into(), consumer.into()),
+            opts,
+            pulls: std::collections::VecDeque::new(),
+            ended: false,
+        };
+        m.refill()?;
+        Ok(m)
+    }
+
+    /// Sends one pull request; its answers arrive on the returned [`Pull`].
+    fn pull(&self, stream: &str, consumer: &str, opts: &FetchOptions) -> Result<Pull, Error> {
         let corr = self.corr();
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded_channel();
         self.register(corr, Waiter::Stream(tx))?;
+        // Made first: if the send fails, dropping it unregisters the waiter.
+        let pull = Pull {
+            client: self.clone(),
+            corr,
+            rx,
+            stash: std::collections::VecDeque::new(),
+        };
         let body = native::to_body(&FetchRequest {
             stream: stream.into(),
             consumer: consumer.into(),
@@ -953,31 +1157,7 @@ impl Client {
             no_wait: opts.no_wait,
         });
         self.send(op::FETCH, 0, corr, body)?;
-        let mut out = Vec::new();
-        let known: (Arc<str>, Arc<str>) = (stream.into(), consumer.into());
-        loop {
-            let Some(f) = rx.recv().await else {
-                return Err(Error::Closed);
-            };
-            match f.header.op {
-                op::MSG => {
-                    let m = Msg::decode(&f.body).map_err(|e| Error::Protocol(e.0))?;
-                    out.push(decode_message(self, &m, &f.body, Some(&known))?);
-                }
-                op::FETCH_END => {
-                    self.inner.waiters.lock().unwrap().remove(&corr);
-                    return match f.header.status {
-                        status::OK | status::NOT_FOUND | status::TIMEOUT => Ok(out),
-                        _ => Err(server_error(&f)),
-                    };
-                }
-                op::ERROR => {
-                    self.inner.waiters.lock().unwrap().remove(&corr);
-                    return Err(server_error(&f));
-                }
-                _ => {}
-            }
-        }
+        Ok(pull)
     }
 
     /// Round trip to the server.

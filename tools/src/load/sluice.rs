@@ -7,12 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use sluice_client::{
-    AckPolicy, Client, ConsumerConfig, FetchOptions, Publish, PublishOptions, Retention,
+    AckPolicy, Client, ConsumerConfig, MessagesOptions, Publish, PublishOptions, Retention,
     StreamConfig,
 };
 
 use super::{
-    now_ns, payload, produce_with, should_stop, Pacer, Receipts, Stats, Workload, RECEIPTS_BATCH,
+    now_ns, payload, produce_with, should_stop, Pacer, Receipts, Stats, Workload, CONSUME_STALL,
+    RECEIPTS_BATCH,
 };
 
 fn stream_name(w: &Workload) -> String {
@@ -198,8 +199,9 @@ async fn produce_batched(
     Ok(())
 }
 
-/// Pull requests each consumer keeps outstanding.
-const FETCH_DEPTH: usize = 3;
+/// How each consumer reads: `Client::messages` with this many pull requests of 1,000 messages
+/// (at most 4 MiB) outstanding.
+const PULLS: usize = 8;
 
 /// Consumers: pull consumers (ack none) sharing the stream's subjects round-robin, reading
 /// until `expect` messages arrived in total. With `e2e`, latency is now − the payload's send
@@ -237,46 +239,52 @@ pub async fn consume(
             .map_err(|e| format!("creating consumer: {e}"))?;
         let (stats, got, name, expect) = (stats.clone(), got.clone(), name.clone(), expect.clone());
         tasks.push(tokio::spawn(async move {
-            use futures::stream::{FuturesUnordered, StreamExt};
             let mut receipts = Receipts::new(now_ns(), e2e);
-            let fetch = || {
-                let (client, name, consumer) = (client.clone(), name.clone(), consumer.clone());
-                async move {
-                    client
-                        .fetch(
-                            &name,
-                            &consumer,
-                            FetchOptions {
-                                batch: 1000,
-                                max_bytes: 4 << 20,
-                                expires: std::time::Duration::from_millis(500),
-                                no_wait: false,
-                            },
-                        )
-                        .await
+            let opts = MessagesOptions {
+                batch: 1000,
+                max_bytes: 4 << 20,
+                pulls: PULLS,
+                ..MessagesOptions::default()
+            };
+            let mut msgs = match client.messages(&name, &consumer, opts) {
+                Ok(m) => m,
+                Err(e) => {
+                    eprintln!("sluice consumer: {e}");
+                    stats.error();
+                    return;
                 }
             };
-            // Pull requests stay queued at the server (FETCH_DEPTH of them), as a JetStream
-            // client's `messages()` keeps its pull requests outstanding: the next batch is
-            // read while this one travels.
-            let mut inflight: FuturesUnordered<_> = (0..FETCH_DEPTH).map(|_| fetch()).collect();
-            while let Some(r) = inflight.next().await {
-                let msgs = match r {
-                    Ok(m) => m,
-                    Err(_) => {
+            let mut progress = std::time::Instant::now();
+            while got.load(Ordering::Relaxed) < expect.load(Ordering::Relaxed) {
+                if progress.elapsed() > CONSUME_STALL {
+                    eprintln!("sluice consumer: nothing received for {CONSUME_STALL:?}, giving up");
+                    stats.error();
+                    break;
+                }
+                let next =
+                    tokio::time::timeout(std::time::Duration::from_millis(500), msgs.next()).await;
+                let m = match next {
+                    Ok(Some(Ok(m))) => m,
+                    Ok(Some(Err(e))) => {
+                        eprintln!("sluice consumer: {e}");
                         stats.error();
-                        return;
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(_) => {
+                        receipts.flush(&stats);
+                        continue;
                     }
                 };
-                for m in &msgs {
-                    receipts.add(&m.data);
+                receipts.add(&m.data);
+                if receipts.len() >= RECEIPTS_BATCH {
+                    receipts.flush(&stats);
                 }
-                receipts.flush(&stats);
-                got.fetch_add(msgs.len() as u64, Ordering::Relaxed);
-                if got.load(Ordering::Relaxed) < expect.load(Ordering::Relaxed) {
-                    inflight.push(fetch());
-                }
+                got.fetch_add(1, Ordering::Relaxed);
+                progress = std::time::Instant::now();
             }
+            receipts.flush(&stats);
+            drop(msgs);
             let _ = client.delete_consumer(&name, &consumer).await;
         }));
     }
