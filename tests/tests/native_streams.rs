@@ -529,12 +529,12 @@ fn a_backlog_is_read_back_from_disk_whole_and_in_order() {
 /// `Client::messages`, a pull consumer read as a stream: its pull requests stay outstanding
 /// (the consumer's `num_waiting` shows them), a backlog comes through whole and in order across
 /// many pulls, a message published later reaches a waiting pull, what went to the pulls of a
-/// dropped stream comes back after ack_wait, and a pull the server refuses ends the stream
-/// with the server's error at once, even while the pulls before it wait.
+/// dropped stream comes back after ack_wait, a pull the server refuses ends the stream with the
+/// server's error at once, even while the pulls before it wait, and so does the server's death.
 #[test]
 fn messages_keeps_pulls_outstanding_and_delivers_in_order() {
     let dir = TestDir::new("native-messages");
-    let broker = Broker::start(&dir.0, &[]);
+    let mut broker = Broker::start(&dir.0, &[]);
     let within = |d: u64| Duration::from_secs(d);
     rt().block_on(async {
         let c = Client::connect(&broker.native).await.unwrap();
@@ -679,6 +679,18 @@ fn messages_keeps_pulls_outstanding_and_delivers_in_order() {
                 }
             )
             .is_err());
+
+        // The server goes away while the pulls wait: the connection's end, then the end.
+        let mut waiting = c.messages("M", "w", opts.clone()).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        broker.kill9();
+        let e = tokio::time::timeout(within(5), waiting.next())
+            .await
+            .expect("a dead server left next() waiting")
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(e, Error::Closed), "{e}");
+        assert!(waiting.next().await.is_none());
     });
 }
 

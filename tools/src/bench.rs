@@ -340,9 +340,20 @@ pub(crate) struct DurableCeiling {
     pub write_p99_ms: f64,
     pub sync_p50_ms: f64,
     pub sync_p99_ms: f64,
+    /// The slowest write and fdatasync of that run (ms): the device's own stalls, which hold
+    /// up every acknowledgement under fsync-before-ack while they last.
+    pub write_max_ms: f64,
+    pub sync_max_ms: f64,
+    /// How long that run lasted.
+    pub latency_run: std::time::Duration,
 }
 
-pub(crate) fn run_fio_durable(dir: &Path) -> Result<DurableCeiling, String> {
+/// `latency_run`: how long the 50 MB/s latency probe runs (a device's stalls are rare: the
+/// probe lasts as long as the latency workload it accompanies).
+pub(crate) fn run_fio_durable(
+    dir: &Path,
+    latency_run: std::time::Duration,
+) -> Result<DurableCeiling, String> {
     let bw = fio_json(
         dir,
         &[
@@ -363,7 +374,7 @@ pub(crate) fn run_fio_durable(dir: &Path) -> Result<DurableCeiling, String> {
             "--direct=1",
             "--fdatasync=1",
             "--rate=50m",
-            "--runtime=10",
+            &format!("--runtime={}", latency_run.as_secs().max(1)),
             "--time_based",
         ],
         256 << 20,
@@ -378,6 +389,16 @@ pub(crate) fn run_fio_durable(dir: &Path) -> Result<DurableCeiling, String> {
             .map(|ns| ns / 1e6)
             .ok_or_else(|| format!("fio output has no {} percentile {p}", path.join(".")))
     };
+    let max = |v: &serde_json::Value, path: &[&str]| -> Result<f64, String> {
+        let mut x = v;
+        for k in path {
+            x = &x[*k];
+        }
+        x["max"]
+            .as_f64()
+            .map(|ns| ns / 1e6)
+            .ok_or_else(|| format!("fio output has no {} max", path.join(".")))
+    };
     let job = &lat["jobs"][0];
     Ok(DurableCeiling {
         mb_per_s: fio_mb_per_s(&bw, "write")?,
@@ -385,6 +406,9 @@ pub(crate) fn run_fio_durable(dir: &Path) -> Result<DurableCeiling, String> {
         write_p99_ms: pct(job, &["write", "clat_ns"], "99.000000")?,
         sync_p50_ms: pct(job, &["sync", "lat_ns"], "50.000000")?,
         sync_p99_ms: pct(job, &["sync", "lat_ns"], "99.000000")?,
+        write_max_ms: max(job, &["write", "clat_ns"])?,
+        sync_max_ms: max(job, &["sync", "lat_ns"])?,
+        latency_run,
     })
 }
 

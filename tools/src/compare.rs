@@ -296,7 +296,7 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
     eprintln!("ceilings: fio sequential O_DIRECT write (1 GiB, bs=1M)…");
     let fio = crate::run_fio(&a.dir, 1 << 30)?;
     eprintln!("ceilings: fio O_DIRECT write + fdatasync (1 MiB each; 64 KiB each at 50 MB/s)…");
-    let durable = crate::run_fio_durable(&a.dir)?;
+    let durable = crate::run_fio_durable(&a.dir, a.e2e_duration)?;
     eprintln!("ceilings: fio sequential O_DIRECT read (1 GiB, bs=1M, 8 in flight)…");
     let fio_read = crate::run_fio_read(&a.dir, 1 << 30)?;
     let iperf = iperf3_gbit();
@@ -389,6 +389,8 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
                 "fio_durable_64k_write_p99_ms": durable.write_p99_ms,
                 "fio_durable_64k_fdatasync_p50_ms": durable.sync_p50_ms,
                 "fio_durable_64k_fdatasync_p99_ms": durable.sync_p99_ms,
+                "fio_durable_64k_write_max_ms": durable.write_max_ms,
+                "fio_durable_64k_fdatasync_max_ms": durable.sync_max_ms,
                 "iperf3_loopback_gbit_per_s": iperf,
             },
             "workloads": workloads,
@@ -424,12 +426,16 @@ fn print_table(
     );
     println!(
         "          fio write + fdatasync: 1 MiB each {:.0} MB/s; 64 KiB each at 50 MB/s: \
-         write p50 {:.2} / p99 {:.2} ms, fdatasync p50 {:.2} / p99 {:.2} ms",
+         write p50 {:.2} / p99 {:.2} / max {:.1} ms, fdatasync p50 {:.2} / p99 {:.2} / max {:.1} ms \
+         over {} s",
         durable.mb_per_s,
         durable.write_p50_ms,
         durable.write_p99_ms,
+        durable.write_max_ms,
         durable.sync_p50_ms,
-        durable.sync_p99_ms
+        durable.sync_p99_ms,
+        durable.sync_max_ms,
+        durable.latency_run.as_secs()
     );
     println!(
         "{:<8} {:<14} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8} {:>9} {:>7}",
