@@ -730,8 +730,84 @@ impl Receipts {
 
 /// A consumer that receives nothing for this long stops with an error: the broker is gone or
 /// stuck, and a client that retries forever must not hang the run.
-#[cfg_attr(not(any(feature = "kafka", feature = "nats")), allow(dead_code))]
 pub const CONSUME_STALL: Duration = Duration::from_secs(60);
+
+/// How long a consumer loop waits for its client's next message before it adds what it has
+/// to the stats and checks again.
+pub const RECEIVE_POLL: Duration = Duration::from_millis(500);
+
+/// The bookkeeping of a consumer that takes messages one at a time from a client's stream
+/// (`sluice-client`'s and async-nats' `messages()`): receipts into the stats a batch at a
+/// time, the run's shared count, and giving up after [`CONSUME_STALL`] without a message.
+pub struct Drain<'a> {
+    label: &'static str,
+    stats: &'a Stats,
+    got: &'a AtomicU64,
+    expect: &'a AtomicU64,
+    receipts: Receipts,
+    progress: Instant,
+}
+
+impl<'a> Drain<'a> {
+    pub fn new(
+        label: &'static str,
+        stats: &'a Stats,
+        got: &'a AtomicU64,
+        expect: &'a AtomicU64,
+        e2e: bool,
+    ) -> Drain<'a> {
+        Drain {
+            label,
+            stats,
+            got,
+            expect,
+            receipts: Receipts::new(now_ns(), e2e),
+            progress: Instant::now(),
+        }
+    }
+
+    /// Whether to wait for another message: the run wants more and messages keep coming.
+    pub fn wants_more(&self) -> bool {
+        if self.got.load(Ordering::Relaxed) >= self.expect.load(Ordering::Relaxed) {
+            return false;
+        }
+        if self.progress.elapsed() > CONSUME_STALL {
+            eprintln!(
+                "{} consumer: nothing received for {CONSUME_STALL:?}, giving up",
+                self.label
+            );
+            self.stats.error();
+            return false;
+        }
+        true
+    }
+
+    pub fn received(&mut self, payload: &[u8]) {
+        self.receipts.add(payload);
+        if self.receipts.len() >= RECEIPTS_BATCH {
+            self.receipts.flush(self.stats);
+        }
+        self.got.fetch_add(1, Ordering::Relaxed);
+        self.progress = Instant::now();
+    }
+
+    /// The client's stream reported an error.
+    pub fn error(&mut self, e: impl std::fmt::Display) {
+        eprintln!("{} consumer: {e}", self.label);
+        self.stats.error();
+    }
+
+    /// Nothing arrived within [`RECEIVE_POLL`].
+    pub fn idle(&mut self) {
+        self.receipts.flush(self.stats);
+    }
+}
+
+impl Drop for Drain<'_> {
+    fn drop(&mut self) {
+        self.receipts.flush(self.stats);
+    }
+}
 
 /// Whether a producer should stop: count reached or duration over.
 pub fn should_stop(w: &Workload, started: Instant, sent_total: &AtomicU64) -> bool {

@@ -3,13 +3,13 @@
 //! (with `in_flight` acks outstanding per producer); consumers are pull consumers with
 //! AckPolicy::None reading the stream's subjects round-robin.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures::stream::StreamExt;
 
-use super::{now_ns, produce_with, Receipts, Stats, Workload, CONSUME_STALL, RECEIPTS_BATCH};
+use super::{now_ns, produce_with, Drain, Stats, Workload, RECEIVE_POLL};
 
 fn stream_name(w: &Workload) -> String {
     w.topic.to_uppercase().replace(['.', '*', '>'], "_")
@@ -87,32 +87,20 @@ pub async fn consume(
             .map_err(|e| format!("creating consumer: {e}"))?;
         let (stats, got, expect) = (stats.clone(), got.clone(), expect.clone());
         tasks.push(tokio::spawn(async move {
-            let mut receipts = Receipts::new(now_ns(), e2e);
-            let Ok(mut msgs) = c.messages().await else {
-                stats.error();
-                return;
+            let mut drain = Drain::new("nats", &stats, &got, &expect, e2e);
+            let mut msgs = match c.messages().await {
+                Ok(m) => m,
+                Err(e) => return drain.error(e),
             };
-            let mut progress = std::time::Instant::now();
-            while got.load(Ordering::Relaxed) < expect.load(Ordering::Relaxed) {
-                if progress.elapsed() > CONSUME_STALL {
-                    eprintln!("nats consumer: nothing received for {CONSUME_STALL:?}, giving up");
-                    stats.error();
-                    break;
+            while drain.wants_more() {
+                match tokio::time::timeout(RECEIVE_POLL, msgs.next()).await {
+                    Ok(Some(Ok(m))) => drain.received(&m.payload),
+                    // async-nats reports some errors (a missed heartbeat, say) and goes on.
+                    Ok(Some(Err(e))) => drain.error(e),
+                    Ok(None) => break,
+                    Err(_) => drain.idle(),
                 }
-                let next =
-                    tokio::time::timeout(std::time::Duration::from_millis(500), msgs.next()).await;
-                let Ok(Some(Ok(m))) = next else {
-                    receipts.flush(&stats);
-                    continue;
-                };
-                receipts.add(&m.payload);
-                if receipts.len() >= RECEIPTS_BATCH {
-                    receipts.flush(&stats);
-                }
-                got.fetch_add(1, Ordering::Relaxed);
-                progress = std::time::Instant::now();
             }
-            receipts.flush(&stats);
         }));
     }
     for t in tasks {

@@ -12,8 +12,8 @@ use sluice_client::{
 };
 
 use super::{
-    now_ns, payload, produce_with, should_stop, Pacer, Receipts, Stats, Workload, CONSUME_STALL,
-    RECEIPTS_BATCH,
+    now_ns, payload, produce_with, should_stop, Drain, Pacer, Receipts, Stats, Workload,
+    RECEIPTS_BATCH, RECEIVE_POLL,
 };
 
 fn stream_name(w: &Workload) -> String {
@@ -239,51 +239,26 @@ pub async fn consume(
             .map_err(|e| format!("creating consumer: {e}"))?;
         let (stats, got, name, expect) = (stats.clone(), got.clone(), name.clone(), expect.clone());
         tasks.push(tokio::spawn(async move {
-            let mut receipts = Receipts::new(now_ns(), e2e);
             let opts = MessagesOptions {
                 batch: 1000,
                 max_bytes: 4 << 20,
                 pulls: PULLS,
                 ..MessagesOptions::default()
             };
+            let mut drain = Drain::new("sluice", &stats, &got, &expect, e2e);
             let mut msgs = match client.messages(&name, &consumer, opts) {
                 Ok(m) => m,
-                Err(e) => {
-                    eprintln!("sluice consumer: {e}");
-                    stats.error();
-                    return;
-                }
+                Err(e) => return drain.error(e),
             };
-            let mut progress = std::time::Instant::now();
-            while got.load(Ordering::Relaxed) < expect.load(Ordering::Relaxed) {
-                if progress.elapsed() > CONSUME_STALL {
-                    eprintln!("sluice consumer: nothing received for {CONSUME_STALL:?}, giving up");
-                    stats.error();
-                    break;
-                }
-                let next =
-                    tokio::time::timeout(std::time::Duration::from_millis(500), msgs.next()).await;
-                let m = match next {
-                    Ok(Some(Ok(m))) => m,
-                    Ok(Some(Err(e))) => {
-                        eprintln!("sluice consumer: {e}");
-                        stats.error();
-                        break;
-                    }
+            while drain.wants_more() {
+                match tokio::time::timeout(RECEIVE_POLL, msgs.next()).await {
+                    Ok(Some(Ok(m))) => drain.received(&m.data),
+                    Ok(Some(Err(e))) => drain.error(e),
                     Ok(None) => break,
-                    Err(_) => {
-                        receipts.flush(&stats);
-                        continue;
-                    }
-                };
-                receipts.add(&m.data);
-                if receipts.len() >= RECEIPTS_BATCH {
-                    receipts.flush(&stats);
+                    Err(_) => drain.idle(),
                 }
-                got.fetch_add(1, Ordering::Relaxed);
-                progress = std::time::Instant::now();
             }
-            receipts.flush(&stats);
+            drop(drain);
             drop(msgs);
             let _ = client.delete_consumer(&name, &consumer).await;
         }));
