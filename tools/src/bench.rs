@@ -379,35 +379,22 @@ pub(crate) fn run_fio_durable(
         ],
         256 << 20,
     )?;
-    let pct = |v: &serde_json::Value, path: &[&str], p: &str| -> Result<f64, String> {
-        let mut x = v;
-        for k in path {
-            x = &x[*k];
-        }
-        x["percentile"][p]
-            .as_f64()
-            .map(|ns| ns / 1e6)
-            .ok_or_else(|| format!("fio output has no {} percentile {p}", path.join(".")))
-    };
-    let max = |v: &serde_json::Value, path: &[&str]| -> Result<f64, String> {
-        let mut x = v;
-        for k in path {
-            x = &x[*k];
-        }
-        x["max"]
-            .as_f64()
-            .map(|ns| ns / 1e6)
-            .ok_or_else(|| format!("fio output has no {} max", path.join(".")))
-    };
     let job = &lat["jobs"][0];
+    // A latency of the job, in ms, at a JSON pointer into it.
+    let ms = |pointer: &str| -> Result<f64, String> {
+        job.pointer(pointer)
+            .and_then(serde_json::Value::as_f64)
+            .map(|ns| ns / 1e6)
+            .ok_or_else(|| format!("fio output has no {pointer}"))
+    };
     Ok(DurableCeiling {
         mb_per_s: fio_mb_per_s(&bw, "write")?,
-        write_p50_ms: pct(job, &["write", "clat_ns"], "50.000000")?,
-        write_p99_ms: pct(job, &["write", "clat_ns"], "99.000000")?,
-        sync_p50_ms: pct(job, &["sync", "lat_ns"], "50.000000")?,
-        sync_p99_ms: pct(job, &["sync", "lat_ns"], "99.000000")?,
-        write_max_ms: max(job, &["write", "clat_ns"])?,
-        sync_max_ms: max(job, &["sync", "lat_ns"])?,
+        write_p50_ms: ms("/write/clat_ns/percentile/50.000000")?,
+        write_p99_ms: ms("/write/clat_ns/percentile/99.000000")?,
+        sync_p50_ms: ms("/sync/lat_ns/percentile/50.000000")?,
+        sync_p99_ms: ms("/sync/lat_ns/percentile/99.000000")?,
+        write_max_ms: ms("/write/clat_ns/max")?,
+        sync_max_ms: ms("/sync/lat_ns/max")?,
         latency_run,
     })
 }

@@ -302,20 +302,19 @@ enum Step {
     Skip,
 }
 
-impl Pull {
-    fn step(&self, f: Frame, known: &(Arc<str>, Arc<str>)) -> Result<Step, Error> {
-        match f.header.op {
-            op::MSG => {
-                let m = Msg::decode(&f.body).map_err(|e| Error::Protocol(e.0))?;
-                decode_message(&self.client, &m, &f.body, Some(known)).map(Step::Msg)
-            }
-            op::FETCH_END => match f.header.status {
-                status::OK | status::NOT_FOUND | status::TIMEOUT => Ok(Step::End),
-                _ => Err(server_error(&f)),
-            },
-            op::ERROR => Err(server_error(&f)),
-            _ => Ok(Step::Skip),
+/// What frame `f` of a pull for the stream and consumer `known` means.
+fn pull_step(client: &Client, f: Frame, known: &(Arc<str>, Arc<str>)) -> Result<Step, Error> {
+    match f.header.op {
+        op::MSG => {
+            let m = Msg::decode(&f.body).map_err(|e| Error::Protocol(e.0))?;
+            decode_message(client, &m, &f.body, Some(known)).map(Step::Msg)
         }
+        op::FETCH_END => match f.header.status {
+            status::OK | status::NOT_FOUND | status::TIMEOUT => Ok(Step::End),
+            _ => Err(server_error(&f)),
+        },
+        op::ERROR => Err(server_error(&f)),
+        _ => Ok(Step::Skip),
     }
 }
 
@@ -352,7 +351,7 @@ impl Messages {
             }
             let step = std::future::poll_fn(|cx| self.poll_front(cx))
                 .await
-                .and_then(|f| self.pulls[0].step(f, &self.known));
+                .and_then(|f| pull_step(&self.client, f, &self.known));
             match step {
                 Ok(Step::Msg(m)) => return Some(Ok(m)),
                 // Answered in full (or expired empty): its place goes to a new pull.
@@ -1100,7 +1099,7 @@ impl Client {
         let mut out = Vec::new();
         loop {
             let f = pull.rx.recv().await.ok_or(Error::Closed)?;
-            match pull.step(f, &known)? {
+            match pull_step(self, f, &known)? {
                 Step::Msg(m) => out.push(m),
                 Step::End => return Ok(out),
                 Step::Skip => {}

@@ -258,6 +258,7 @@ pub async fn consume(
                     Err(_) => drain.idle(),
                 }
             }
+            // The receipts count before the delete's round trip; the pulls are let go first.
             drop(drain);
             drop(msgs);
             let _ = client.delete_consumer(&name, &consumer).await;
