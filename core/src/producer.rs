@@ -12,8 +12,6 @@
 //!  ..  4  CRC-32C of everything before it
 //! ```
 
-use std::collections::HashMap;
-
 use crate::batch::BatchHeader;
 
 /// Batches remembered per producer (Kafka's `NUM_BATCHES_TO_RETAIN`).
@@ -42,7 +40,7 @@ pub struct ProducerEntry {
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ProducerStates {
-    producers: HashMap<i64, ProducerEntry>,
+    producers: crate::FastMap<i64, ProducerEntry>,
 }
 
 impl ProducerStates {
@@ -199,7 +197,7 @@ impl ProducerStates {
             pos += n;
             Some(s)
         };
-        let mut producers = HashMap::new();
+        let mut producers = crate::FastMap::default();
         for _ in 0..count {
             let pid = i64::from_be_bytes(take(8)?.try_into().ok()?);
             let epoch = i16::from_be_bytes(take(2)?.try_into().ok()?);

@@ -8,7 +8,7 @@
 //! keeps the bytes until retention drops the segment, the stream forgets the sequence.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use crate::native::{Discard, PurgeRequest, Retention, StreamConfig, StreamState};
@@ -60,20 +60,20 @@ pub struct Stream {
     /// Live sequences: 16 bytes each (see [`SeqTable`]).
     msgs: SeqTable<Entry>,
     bytes: u64,
-    subject_ids: HashMap<Box<str>, u32>,
+    subject_ids: crate::FastMap<Box<str>, u32>,
     subject_names: Vec<Arc<str>>,
     /// Live sequences per subject id, ascending (4 bytes each, see [`SeqList`]).
     by_subject: Vec<SeqList>,
     live_subjects: u64,
     /// msg id → (sequence, publish time); `dedup_order` expires them in time order.
-    dedup: HashMap<String, (u64, i64)>,
+    dedup: crate::FastMap<String, (u64, i64)>,
     dedup_order: VecDeque<(i64, String)>,
     /// Removed sequences above the first live one (interior deletes), for counting.
     interior_deleted: BTreeSet<u64>,
     /// Every removal since the owner last drained them: (sequence, subject).
     removal_log: Vec<(u64, Box<str>)>,
     /// Wildcard filters → the subject ids matching them (and how many subjects were checked).
-    match_cache: RefCell<HashMap<Vec<String>, MatchedSubjects>>,
+    match_cache: RefCell<crate::FastMap<Vec<String>, MatchedSubjects>>,
 }
 
 /// How many subjects were checked against a filter set, and which of them matched.

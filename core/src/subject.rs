@@ -6,8 +6,6 @@
 //! so the cost follows the subject's length and the matching patterns, not the number of
 //! subscriptions.
 
-use std::collections::HashMap;
-
 /// Longest subject accepted (bytes).
 pub const SUBJECT_BYTES_MAX: usize = 4096;
 
@@ -117,7 +115,7 @@ pub fn subset_of(inner: &str, outer: &str) -> bool {
 
 #[derive(Debug)]
 struct Node<T> {
-    literal: HashMap<Box<str>, Node<T>>,
+    literal: crate::FastMap<Box<str>, Node<T>>,
     star: Option<Box<Node<T>>>,
     /// Values of patterns ending in `>` here.
     tail: Vec<T>,
@@ -128,7 +126,7 @@ struct Node<T> {
 impl<T> Default for Node<T> {
     fn default() -> Self {
         Node {
-            literal: HashMap::new(),
+            literal: crate::FastMap::default(),
             star: None,
             tail: Vec::new(),
             here: Vec::new(),

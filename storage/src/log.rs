@@ -715,7 +715,7 @@ impl<D: Disk> Log<D> {
     pub async fn read(&self, from: Offset, max_bytes: usize) -> Result<Vec<u8>, LogError> {
         let mut from = from.0;
         let acked = self.readable_from(from)?;
-        if let Some(parts) = self.cache.borrow().read(from, acked, max_bytes) {
+        if let Some(parts) = self.cache.borrow_mut().read(from, acked, max_bytes) {
             return Ok(parts.concat());
         }
         // Sized once: batches are appended without regrowing (and recopying) the buffer.
@@ -755,7 +755,7 @@ impl<D: Disk> Log<D> {
     /// read.
     pub fn read_cached(&self, from: Offset, max_bytes: usize) -> Result<Option<Bytes>, LogError> {
         let acked = self.readable_from(from.0)?;
-        let parts = self.cache.borrow().read(from.0, acked, max_bytes);
+        let parts = self.cache.borrow_mut().read(from.0, acked, max_bytes);
         Ok(parts.map(|mut p| match p.len() {
             1 => p.pop().expect("one part"),
             _ => Bytes::from(p.concat()),

@@ -130,7 +130,7 @@ pub struct Publish<'a> {
 
 struct Inner {
     tx: mpsc::UnboundedSender<Vec<u8>>,
-    waiters: Mutex<HashMap<u32, Waiter>>,
+    waiters: Mutex<ahash::AHashMap<u32, Waiter>>,
     subs: Mutex<HashMap<u32, mpsc::UnboundedSender<Message>>>,
     /// Replies to this client's requests, by inbox token.
     replies: Mutex<HashMap<String, oneshot::Sender<Message>>>,
@@ -597,7 +597,7 @@ impl Client {
         );
         let inner = Arc::new(Inner {
             tx,
-            waiters: Mutex::new(HashMap::new()),
+            waiters: Mutex::new(ahash::AHashMap::new()),
             subs: Mutex::new(HashMap::new()),
             replies: Mutex::new(HashMap::new()),
             inbox: format!("_INBOX.{nuid}"),

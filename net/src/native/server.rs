@@ -398,6 +398,9 @@ async fn read_loop(
                 "slow consumer: too many bytes queued",
             ));
         }
+        if conn.in_flight.get() == 0 {
+            rb.trim(super::read_buf::PARKED_IDLE);
+        }
         let stop = shard.stop.notified();
         if shard.is_stopping() {
             return Ok(());
