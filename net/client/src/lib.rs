@@ -130,7 +130,7 @@ pub struct Publish<'a> {
 
 struct Inner {
     tx: mpsc::UnboundedSender<Vec<u8>>,
-    waiters: Mutex<ahash::AHashMap<u32, Waiter>>,
+    waiters: Mutex<sluice_core::FastMap<u32, Waiter>>,
     subs: Mutex<HashMap<u32, mpsc::UnboundedSender<Message>>>,
     /// Replies to this client's requests, by inbox token.
     replies: Mutex<HashMap<String, oneshot::Sender<Message>>>,
@@ -597,7 +597,7 @@ impl Client {
         );
         let inner = Arc::new(Inner {
             tx,
-            waiters: Mutex::new(ahash::AHashMap::new()),
+            waiters: Mutex::new(sluice_core::FastMap::default()),
             subs: Mutex::new(HashMap::new()),
             replies: Mutex::new(HashMap::new()),
             inbox: format!("_INBOX.{nuid}"),

@@ -734,7 +734,7 @@ pub const CONSUME_STALL: Duration = Duration::from_secs(60);
 
 /// How long a consumer loop waits for its client's next message before it adds what it has
 /// to the stats and checks again.
-pub const RECEIVE_POLL: Duration = Duration::from_millis(500);
+const RECEIVE_POLL: Duration = Duration::from_millis(500);
 
 /// The bookkeeping of a consumer that takes messages one at a time from a client's stream
 /// (`sluice-client`'s and async-nats' `messages()`): receipts into the stats a batch at a
@@ -767,7 +767,7 @@ impl<'a> Drain<'a> {
     }
 
     /// Whether to wait for another message: the run wants more and messages keep coming.
-    pub fn wants_more(&self) -> bool {
+    fn wants_more(&self) -> bool {
         if self.got.load(Ordering::Relaxed) >= self.expect.load(Ordering::Relaxed) {
             return false;
         }
@@ -782,13 +782,33 @@ impl<'a> Drain<'a> {
         true
     }
 
-    pub fn received(&mut self, payload: &[u8]) {
+    fn received(&mut self, payload: &[u8]) {
         self.receipts.add(payload);
         if self.receipts.len() >= RECEIPTS_BATCH {
             self.receipts.flush(self.stats);
         }
         self.got.fetch_add(1, Ordering::Relaxed);
         self.progress = Instant::now();
+    }
+
+    /// Takes the messages of `msgs` (a client's `messages()`) until the run has what it wants,
+    /// the stream ends or [`CONSUME_STALL`] passes without a message; an error is counted and
+    /// reading goes on (async-nats reports some, a missed heartbeat say, and continues).
+    pub async fn run<T, E: std::fmt::Display>(
+        &mut self,
+        msgs: impl futures::Stream<Item = Result<T, E>>,
+        payload: impl Fn(&T) -> &[u8],
+    ) {
+        use futures::StreamExt;
+        let mut msgs = std::pin::pin!(msgs);
+        while self.wants_more() {
+            match tokio::time::timeout(RECEIVE_POLL, msgs.next()).await {
+                Ok(Some(Ok(m))) => self.received(payload(&m)),
+                Ok(Some(Err(e))) => self.error(e),
+                Ok(None) => break,
+                Err(_) => self.idle(),
+            }
+        }
     }
 
     /// The client's stream reported an error.
@@ -798,7 +818,7 @@ impl<'a> Drain<'a> {
     }
 
     /// Nothing arrived within [`RECEIVE_POLL`].
-    pub fn idle(&mut self) {
+    fn idle(&mut self) {
         self.receipts.flush(self.stats);
     }
 }

@@ -7,9 +7,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use async_nats::jetstream::{self, consumer, stream};
-use futures::stream::StreamExt;
 
-use super::{now_ns, produce_with, Drain, Stats, Workload, RECEIVE_POLL};
+use super::{now_ns, produce_with, Drain, Stats, Workload};
 
 fn stream_name(w: &Workload) -> String {
     w.topic.to_uppercase().replace(['.', '*', '>'], "_")
@@ -88,19 +87,11 @@ pub async fn consume(
         let (stats, got, expect) = (stats.clone(), got.clone(), expect.clone());
         tasks.push(tokio::spawn(async move {
             let mut drain = Drain::new("nats", &stats, &got, &expect, e2e);
-            let mut msgs = match c.messages().await {
+            let msgs = match c.messages().await {
                 Ok(m) => m,
                 Err(e) => return drain.error(e),
             };
-            while drain.wants_more() {
-                match tokio::time::timeout(RECEIVE_POLL, msgs.next()).await {
-                    Ok(Some(Ok(m))) => drain.received(&m.payload),
-                    // async-nats reports some errors (a missed heartbeat, say) and goes on.
-                    Ok(Some(Err(e))) => drain.error(e),
-                    Ok(None) => break,
-                    Err(_) => drain.idle(),
-                }
-            }
+            drain.run(msgs, |m| &m.payload).await;
         }));
     }
     for t in tasks {

@@ -13,7 +13,7 @@ use sluice_client::{
 
 use super::{
     now_ns, payload, produce_with, should_stop, Drain, Pacer, Receipts, Stats, Workload,
-    RECEIPTS_BATCH, RECEIVE_POLL,
+    RECEIPTS_BATCH,
 };
 
 fn stream_name(w: &Workload) -> String {
@@ -246,21 +246,19 @@ pub async fn consume(
                 ..MessagesOptions::default()
             };
             let mut drain = Drain::new("sluice", &stats, &got, &expect, e2e);
-            let mut msgs = match client.messages(&name, &consumer, opts) {
+            let msgs = match client.messages(&name, &consumer, opts) {
                 Ok(m) => m,
                 Err(e) => return drain.error(e),
             };
-            while drain.wants_more() {
-                match tokio::time::timeout(RECEIVE_POLL, msgs.next()).await {
-                    Ok(Some(Ok(m))) => drain.received(&m.data),
-                    Ok(Some(Err(e))) => drain.error(e),
-                    Ok(None) => break,
-                    Err(_) => drain.idle(),
-                }
-            }
-            // The receipts count before the delete's round trip; the pulls are let go first.
+            // The pulls are let go when `run` returns (it takes the stream), and the receipts
+            // count before the delete's round trip.
+            let msgs =
+                futures::stream::unfold(
+                    msgs,
+                    |mut m| async move { m.next().await.map(|x| (x, m)) },
+                );
+            drain.run(msgs, |m| &m.data).await;
             drop(drain);
-            drop(msgs);
             let _ = client.delete_consumer(&name, &consumer).await;
         }));
     }
