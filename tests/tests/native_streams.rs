@@ -694,6 +694,87 @@ fn messages_keeps_pulls_outstanding_and_delivers_in_order() {
     });
 }
 
+/// A consumer's waiting pulls are served oldest first, as JetStream's are: a pull that arrives
+/// while older ones wait queues behind them. Otherwise the newest pull could take a message
+/// while the oldest kept waiting, and `messages()`, which hands out from its oldest pull, would
+/// hold that message until the oldest pull expired. With max_ack_pending 1 every ack frees
+/// room for one message just as a new pull arrives, so each ack makes the pulls race.
+#[test]
+fn waiting_pulls_are_served_oldest_first() {
+    let dir = TestDir::new("native-pull-order");
+    let broker = Broker::start(&dir.0, &[]);
+    let within = |d: u64| Duration::from_secs(d);
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        c.add_stream(stream("Q", &["q.*"], Retention::Limits))
+            .await
+            .unwrap();
+        for name in ["stream", "raw"] {
+            let mut cfg = pull(name, 60_000);
+            cfg.max_ack_pending = 1;
+            c.add_consumer("Q", cfg).await.unwrap();
+        }
+        let count = 20u64;
+        for i in 0..count {
+            c.publish_ack("q.a", format!("{i}").as_bytes(), Default::default())
+                .await
+                .unwrap();
+        }
+
+        // messages(): its answered pull is replaced right after the ack that lets the next
+        // message go, and the pull it waits on is the older one.
+        let opts = MessagesOptions {
+            batch: 1,
+            pulls: 2,
+            expires: within(30),
+            ..MessagesOptions::default()
+        };
+        let mut msgs = c.messages("Q", "stream", opts).unwrap();
+        for want in 1..=count {
+            let m = tokio::time::timeout(within(10), msgs.next())
+                .await
+                .unwrap_or_else(|_| panic!("message {want} was held by a pull"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(m.meta.as_ref().unwrap().stream_seq, want);
+            m.ack().await.unwrap();
+        }
+        drop(msgs);
+
+        // Plain pulls: the older one (waiting, since #1 is unacked) gets #2, though the newer
+        // one arrives together with the ack that frees room for it.
+        let first = c.fetch("Q", "raw", batch(1, 1_000)).await.unwrap();
+        assert_eq!(first[0].meta.as_ref().unwrap().stream_seq, 1);
+        let older = tokio::spawn({
+            let c = c.clone();
+            async move { c.fetch("Q", "raw", batch(1, 20_000)).await }
+        });
+        let deadline = tokio::time::Instant::now() + within(5);
+        while c.consumer_info("Q", "raw").await.unwrap().num_waiting != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the pull never waited"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // The ack and the newer pull go out in one write.
+        first[0].ack().await.unwrap();
+        let newer = tokio::time::timeout(within(10), c.fetch("Q", "raw", batch(1, 20_000)));
+        let older = async {
+            let got = tokio::time::timeout(within(10), older)
+                .await
+                .expect("the older pull was passed over")
+                .unwrap()
+                .unwrap();
+            got[0].ack().await.unwrap();
+            got[0].meta.as_ref().unwrap().stream_seq
+        };
+        let (older, newer) = tokio::join!(older, newer);
+        let newer = newer.expect("the newer pull was not served next").unwrap();
+        assert_eq!((older, newer[0].meta.as_ref().unwrap().stream_seq), (2, 3));
+    });
+}
+
 /// Large answers (pull fetches of about a megabyte, written to the socket as they are) and
 /// small ones (publish acks, coalesced into shared writes) interleaved on one connection: every
 /// answer arrives whole, once, and matches its request.

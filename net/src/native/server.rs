@@ -682,8 +682,10 @@ async fn fetch(conn: &Rc<Conn>, corr: u32, req: FetchRequest) {
         } else {
             0
         };
-        // Once something was sent, only what is there right now is added.
-        r.no_wait = req.no_wait || sent > 0;
+        // Once something was sent, only what is there right now is added, and only while
+        // no other pull of the consumer waits (see `StreamHome::fetch`).
+        let continued = sent > 0;
+        r.no_wait = req.no_wait || continued;
         let got = conn
             .shard
             .submit_to(owner, move |s| {
@@ -692,7 +694,7 @@ async fn fetch(conn: &Rc<Conn>, corr: u32, req: FetchRequest) {
                         .native
                         .stream(&r.stream)
                         .ok_or((status::NOT_FOUND, format!("stream {} not found", r.stream)))?;
-                    let got = home.fetch(&s, &r, deadline).await?;
+                    let got = home.fetch(&s, &r, deadline, continued).await?;
                     Ok::<_, Refusal>(got)
                 })
             })

@@ -83,12 +83,51 @@ pub struct StreamHome {
     dirty: Cell<bool>,
     /// Sequences removed since the log's start (saved with the state).
     deleted: RefCell<std::collections::BTreeSet<u64>>,
-    /// Pull requests parked per consumer (max_waiting).
-    waiting: RefCell<HashMap<String, u64>>,
+    /// Pull requests waiting per consumer, oldest first (see [`PullTicket`]).
+    waiting: RefCell<HashMap<String, std::collections::VecDeque<u64>>>,
+    next_ticket: Cell<u64>,
     next_ephemeral: Cell<u64>,
     /// Push consumers' flow control: the outstanding request token, if any.
     flow: RefCell<HashMap<String, u64>>,
     next_flow_token: Cell<u64>,
+}
+
+/// A pull request's place in its consumer's queue of waiting pulls. Leaving the queue —
+/// answered, expired, or dropped with its connection — wakes the pulls behind it.
+struct PullTicket<'a> {
+    home: &'a StreamHome,
+    consumer: &'a str,
+    id: u64,
+}
+
+impl PullTicket<'_> {
+    /// No pull of the consumer that came before this one is still waiting.
+    fn is_first(&self) -> bool {
+        let waiting = self.home.waiting.borrow();
+        waiting.get(self.consumer).and_then(|q| q.front()) == Some(&self.id)
+    }
+}
+
+impl Drop for PullTicket<'_> {
+    fn drop(&mut self) {
+        let next_may_take = {
+            let mut waiting = self.home.waiting.borrow_mut();
+            let Some(q) = waiting.get_mut(self.consumer) else {
+                return;
+            };
+            let was_first = q.front() == Some(&self.id);
+            q.retain(|&t| t != self.id);
+            if q.is_empty() {
+                waiting.remove(self.consumer);
+                false
+            } else {
+                was_first
+            }
+        };
+        if next_may_take {
+            self.home.changed.notify_all();
+        }
+    }
 }
 
 /// Bytes a flow-controlled push consumer may be sent before it must answer a flow-control
@@ -384,6 +423,7 @@ impl StreamHome {
             dirty: Cell::new(false),
             deleted: RefCell::new(deleted),
             waiting: RefCell::new(HashMap::new()),
+            next_ticket: Cell::new(0),
             next_ephemeral: Cell::new(0),
             flow: RefCell::new(HashMap::new()),
             next_flow_token: Cell::new(0),
@@ -684,7 +724,10 @@ impl StreamHome {
     }
 
     fn num_waiting(&self, name: &str) -> u64 {
-        self.waiting.borrow().get(name).copied().unwrap_or(0)
+        self.waiting
+            .borrow()
+            .get(name)
+            .map_or(0, |q| q.len() as u64)
     }
 
     pub fn consumer_info(&self, name: &str) -> Result<ConsumerInfo, Refusal> {
@@ -918,11 +961,21 @@ impl StreamHome {
     /// A pull request: waits (up to `expires`) until at least one message is available, then
     /// returns what is there, up to the batch and byte limits. `Ok(empty)` means it expired
     /// (or `no_wait` found nothing).
+    ///
+    /// A consumer's waiting pulls are served oldest first, as JetStream serves its waiting
+    /// queue: a pull takes only once every pull that came before it has left (answered,
+    /// expired, or dropped). A client that keeps several pulls outstanding and hands out
+    /// messages from its oldest one (`Client::messages`) therefore never finds a message held
+    /// by a newer pull while the oldest waits on. `no_wait` pulls never wait, so they take at
+    /// once. `continued` marks a request adding to a pull that was already answered (what
+    /// arrived since, without waiting): it gives way to waiting pulls and returns nothing
+    /// while any are there, so the messages of one pull come before the next pull's.
     pub async fn fetch(
         self: &Rc<Self>,
         shard: &Rc<Shard>,
         req: &FetchRequest,
         deadline_ms: u64,
+        continued: bool,
     ) -> Result<Vec<Delivered>, Refusal> {
         let max_waiting = self
             .consumers
@@ -933,19 +986,26 @@ impl StreamHome {
                 status::NOT_FOUND,
                 format!("consumer {} not found", req.consumer),
             ))?;
-        if max_waiting > 0 && self.num_waiting(&req.consumer) as i64 >= max_waiting {
+        let waiting = self.num_waiting(&req.consumer);
+        if continued && waiting > 0 {
+            return Ok(Vec::new());
+        }
+        if max_waiting > 0 && waiting as i64 >= max_waiting {
             return Err((status::CONFLICT, "exceeded MaxWaiting".into()));
         }
-        *self
-            .waiting
+        let id = self.next_ticket.get();
+        self.next_ticket.set(id + 1);
+        self.waiting
             .borrow_mut()
             .entry(req.consumer.clone())
-            .or_default() += 1;
-        let result = self.fetch_inner(shard, req, deadline_ms).await;
-        if let Some(n) = self.waiting.borrow_mut().get_mut(&req.consumer) {
-            *n -= 1;
-        }
-        result
+            .or_default()
+            .push_back(id);
+        let ticket = PullTicket {
+            home: self,
+            consumer: &req.consumer,
+            id,
+        };
+        self.fetch_inner(shard, req, deadline_ms, &ticket).await
     }
 
     async fn fetch_inner(
@@ -953,15 +1013,18 @@ impl StreamHome {
         shard: &Rc<Shard>,
         req: &FetchRequest,
         deadline_ms: u64,
+        ticket: &PullTicket<'_>,
     ) -> Result<Vec<Delivered>, Refusal> {
         loop {
             let changed = self.changed.notified();
-            let (got, dead) = self
-                .take(&req.consumer, req.batch.max(1), req.max_bytes)
-                .await?;
-            self.dead_letter(shard, &req.consumer, dead).await;
-            if !got.is_empty() || req.no_wait {
-                return Ok(got);
+            if req.no_wait || ticket.is_first() {
+                let (got, dead) = self
+                    .take(&req.consumer, req.batch.max(1), req.max_bytes)
+                    .await?;
+                self.dead_letter(shard, &req.consumer, dead).await;
+                if !got.is_empty() || req.no_wait {
+                    return Ok(got);
+                }
             }
             let now = wall_clock_ms();
             if now >= deadline_ms {
