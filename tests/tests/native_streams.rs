@@ -772,6 +772,46 @@ fn waiting_pulls_are_served_oldest_first() {
         let (older, newer) = tokio::join!(older, newer);
         let newer = newer.expect("the newer pull was not served next").unwrap();
         assert_eq!((older, newer[0].meta.as_ref().unwrap().stream_seq), (2, 3));
+
+        // The oldest pull expires empty: the one behind it takes its place and gets the next
+        // message at once, long before its own expiry.
+        let mut late = pull("late", 60_000);
+        late.filter_subjects = vec!["q.late".into()];
+        c.add_consumer("Q", late).await.unwrap();
+        let waiting = |n: u64| {
+            let c = c.clone();
+            async move {
+                let deadline = tokio::time::Instant::now() + within(5);
+                while c.consumer_info("Q", "late").await.unwrap().num_waiting != n {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "{n} pulls never waited"
+                    );
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        };
+        let short = tokio::spawn({
+            let c = c.clone();
+            async move { c.fetch("Q", "late", batch(1, 300)).await }
+        });
+        waiting(1).await;
+        let long = tokio::spawn({
+            let c = c.clone();
+            async move { c.fetch("Q", "late", batch(1, 30_000)).await }
+        });
+        waiting(2).await;
+        assert!(short.await.unwrap().unwrap().is_empty());
+        waiting(1).await;
+        c.publish_ack("q.late", b"late", Default::default())
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(within(5), long)
+            .await
+            .expect("the pull behind an expired one was not served")
+            .unwrap()
+            .unwrap();
+        assert_eq!(got[0].data, &b"late"[..]);
     });
 }
 

@@ -83,6 +83,8 @@ pub struct StreamHome {
     dirty: Cell<bool>,
     /// Sequences removed since the log's start (saved with the state).
     deleted: RefCell<std::collections::BTreeSet<u64>>,
+    /// Woken when the oldest waiting pull of a consumer leaves (see [`PullTicket`]).
+    pulls_moved: Notify,
     /// Pull requests waiting per consumer, oldest first (see [`PullTicket`]).
     waiting: RefCell<HashMap<String, std::collections::VecDeque<u64>>>,
     next_ticket: Cell<u64>,
@@ -125,7 +127,7 @@ impl Drop for PullTicket<'_> {
             }
         };
         if next_may_take {
-            self.home.changed.notify_all();
+            self.home.pulls_moved.notify_all();
         }
     }
 }
@@ -424,6 +426,7 @@ impl StreamHome {
             deleted: RefCell::new(deleted),
             waiting: RefCell::new(HashMap::new()),
             next_ticket: Cell::new(0),
+            pulls_moved: Notify::default(),
             next_ephemeral: Cell::new(0),
             flow: RefCell::new(HashMap::new()),
             next_flow_token: Cell::new(0),
@@ -1016,8 +1019,16 @@ impl StreamHome {
         ticket: &PullTicket<'_>,
     ) -> Result<Vec<Delivered>, Refusal> {
         loop {
-            let changed = self.changed.notified();
-            if req.no_wait || ticket.is_first() {
+            // The oldest waiting pull wakes for new messages, acks and consumer changes; the
+            // ones behind it only when the queue moves (on every append, a consumer with many
+            // pulls outstanding would otherwise wake them all for one to take).
+            let first = req.no_wait || ticket.is_first();
+            let woken = if first {
+                self.changed.notified()
+            } else {
+                self.pulls_moved.notified()
+            };
+            if first {
                 let (got, dead) = self
                     .take(&req.consumer, req.batch.max(1), req.max_bytes)
                     .await?;
@@ -1032,7 +1043,7 @@ impl StreamHome {
             }
             // Also wake for redelivery deadlines (ack_wait / nak delays) and shutdown.
             let wait = (deadline_ms - now).min(100);
-            futures_lite::future::or(changed, async {
+            futures_lite::future::or(woken, async {
                 glommio::timer::sleep(std::time::Duration::from_millis(wait)).await
             })
             .await;
