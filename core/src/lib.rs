@@ -19,6 +19,7 @@ pub mod offset;
 pub mod producer;
 pub mod seq_list;
 pub mod seq_table;
+pub mod slow_ops;
 pub mod stream;
 pub mod subject;
 

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use sluice_core::batch::{self, BatchHeader, HEADER_BYTES};
+use sluice_core::slow_ops::SlowOps;
 use sluice_core::Offset;
 
 use crate::config::{FsyncPolicy, LogConfig};
@@ -75,6 +76,16 @@ pub struct Log<D: Disk> {
     next_waiter: Cell<u64>,
     /// The newest batches, for tailing readers (see [`TailCache`]).
     cache: RefCell<TailCache>,
+}
+
+/// A write or fdatasync taking this long (ms) is reported in the broker's log, at most once
+/// per [`SLOW_IO_REPORT_MS`] per thread (a shard's logs share one report, so a stalled device
+/// under thousands of partitions still makes one line per shard and interval).
+const SLOW_IO_MS: u64 = 100;
+const SLOW_IO_REPORT_MS: u64 = 10_000;
+
+thread_local! {
+    static SLOW_IO: RefCell<SlowOps> = const { RefCell::new(SlowOps::new(SLOW_IO_MS, SLOW_IO_REPORT_MS)) };
 }
 
 /// Waits in [`Log::ack_waiters`] until woken (then the caller re-checks the log's state).
@@ -1211,7 +1222,16 @@ impl<D: Disk> Log<D> {
                 None => Ok(end),
             }
         };
+        let started = std::time::Instant::now();
         let (data, ahead) = futures_lite::future::zip(data, ahead).await;
+        self.note_io(
+            if file.dsync() {
+                "O_DSYNC write"
+            } else {
+                "write"
+            },
+            started,
+        );
         data.map_err(|e| LogError::io("write", &self.active_path(), e))?;
         // Zeroes are an optimisation: when they cannot be written (a full disk), appends go on
         // extending the file as without them, and the data write decides the log's fate.
@@ -1260,9 +1280,11 @@ impl<D: Disk> Log<D> {
         if upto <= self.state.borrow().synced_offset {
             return Ok(());
         }
+        let started = std::time::Instant::now();
         file.sync()
             .await
             .map_err(|e| LogError::io("fdatasync", &self.active_path(), e))?;
+        self.note_io("fdatasync", started);
         let mut st = self.state.borrow_mut();
         if upto > st.synced_offset {
             st.synced_offset = upto;
@@ -1312,6 +1334,26 @@ impl<D: Disk> Log<D> {
             st.next_offset,
             old.file_pos + fill as u64,
         ))
+    }
+
+    /// Reports a slow write or fdatasync of the active segment (rate-limited, see [`SlowOps`]):
+    /// under `acks=all` every acknowledged write waits for the device, so a stalling device
+    /// is what producers and consumers see as tail latency.
+    fn note_io(&self, op: &str, started: std::time::Instant) {
+        let took_ms = started.elapsed().as_millis() as u64;
+        if took_ms < SLOW_IO_MS {
+            return;
+        }
+        let report = SLOW_IO.with(|s| s.borrow_mut().record(took_ms, crate::wall_clock_ms()));
+        if let Some(r) = report {
+            eprintln!(
+                "sluice: slow disk: {} write(s) or fdatasync(s) took {SLOW_IO_MS} ms or more since \
+                 the last report, the slowest {} ms; the latest: {op} of {}, {took_ms} ms",
+                r.count,
+                r.slowest_ms,
+                self.active_path().display()
+            );
+        }
     }
 
     fn active_path(&self) -> PathBuf {
