@@ -33,11 +33,6 @@ impl SlowOps {
         }
     }
 
-    /// Operations at or above this many ms count as slow.
-    pub fn threshold_ms(&self) -> u64 {
-        self.threshold_ms
-    }
-
     /// Records one operation that took `took_ms`, finished at `now_ms`; returns the report due
     /// now, if any. Slow operations inside a quiet interval are carried into the next report.
     pub fn record(&mut self, took_ms: u64, now_ms: u64) -> Option<SlowReport> {
