@@ -185,6 +185,18 @@ impl Consumer {
         }
     }
 
+    /// Every message below `cut` was removed ([`Removal::Below`]); `stream` is the stream
+    /// after the removal.
+    ///
+    /// [`Removal::Below`]: crate::stream::Removal::Below
+    pub fn on_removed_below(&mut self, cut: u64, stream: &Stream) {
+        self.pending = self.pending.split_off(&cut);
+        self.due = self.due.split_off(&cut);
+        self.last_per_subject.retain(|s| *s >= cut);
+        self.pending_count =
+            stream.count_matching_stored(self.next_seq, &self.config.filter_subjects);
+    }
+
     pub fn snapshot(&self) -> ConsumerSnapshot {
         ConsumerSnapshot {
             next_seq: self.next_seq,

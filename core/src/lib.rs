@@ -18,6 +18,7 @@ pub mod native;
 pub mod offset;
 pub mod producer;
 pub mod seq_list;
+pub mod seq_ranges;
 pub mod seq_table;
 pub mod slow_ops;
 pub mod stream;

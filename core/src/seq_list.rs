@@ -111,6 +111,20 @@ impl SeqList {
         true
     }
 
+    /// Removes the first `n` sequences (all of them if there are fewer).
+    pub fn drain_front(&mut self, n: usize) {
+        let n = n.min(self.len());
+        match self {
+            SeqList::Narrow { offs, .. } => {
+                offs.drain(..n);
+            }
+            SeqList::Wide(v) => {
+                v.drain(..n);
+            }
+        }
+        self.tidy();
+    }
+
     /// The sequences in order.
     pub fn iter(&self) -> impl Iterator<Item = u64> + '_ {
         (0..self.len()).map(|i| self.get(i).expect("in range"))
@@ -187,6 +201,7 @@ mod tests {
                     (1u64..1000).prop_map(|g| (true, g)),
                     (1u64..3).prop_map(|_| (true, u32::MAX as u64 / 2)),
                     (0u64..1000).prop_map(|i| (false, i)),
+                    (0u64..5).prop_map(|i| (false, u64::MAX - i)),
                 ],
                 1..300,
             )
@@ -199,6 +214,12 @@ mod tests {
                     next += n;
                     l.push(next);
                     model.insert(next);
+                } else if n > u64::MAX - 5 {
+                    let k = (u64::MAX - n) as usize * 3;
+                    l.drain_front(k);
+                    for _ in 0..k {
+                        model.pop_first();
+                    }
                 } else if !model.is_empty() {
                     let victim = *model.iter().nth(n as usize % model.len()).unwrap();
                     prop_assert!(l.remove(victim));

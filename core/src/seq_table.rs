@@ -149,6 +149,52 @@ impl<T: Slot> SeqTable<T> {
         Some(old)
     }
 
+    /// Forgets every sequence below `cut`: whole chunks are dropped, only the chunk holding
+    /// `cut` is cleared slot by slot. Returns how many live sequences went.
+    pub fn remove_below(&mut self, cut: u64) -> u64 {
+        let mut removed = 0;
+        while let Some(front) = self.chunks.front_mut() {
+            let start = self.base * CHUNK;
+            if start >= cut {
+                break;
+            }
+            if start + CHUNK <= cut {
+                removed += front.as_ref().map_or(0, |c| c.live as u64);
+                self.chunks.pop_front();
+                self.base += 1;
+                continue;
+            }
+            if let Some(c) = front {
+                for slot in &mut c.slots[..(cut - start) as usize] {
+                    if !slot.is_empty_slot() {
+                        *slot = T::EMPTY;
+                        c.live -= 1;
+                        removed += 1;
+                    }
+                }
+                if c.live == 0 {
+                    *front = None;
+                }
+            }
+            break;
+        }
+        while let Some(None) = self.chunks.front() {
+            self.chunks.pop_front();
+            self.base += 1;
+        }
+        self.len -= removed;
+        if self.len == 0 {
+            self.chunks.clear();
+        } else if removed > 0 {
+            self.first = self
+                .range(cut)
+                .next()
+                .map(|(s, _)| s)
+                .expect("live sequences above the cut");
+        }
+        removed
+    }
+
     /// Live sequences ≥ `from` with their values, ascending.
     pub fn range(&self, from: u64) -> Range<'_, T> {
         let from = from.max(self.base * CHUNK);
@@ -224,7 +270,7 @@ mod tests {
             let mut m: BTreeMap<u64, u32> = BTreeMap::new();
             let mut next = 1 + rng(&mut seed) % 5000;
             for step in 0..20_000u32 {
-                match rng(&mut seed) % 10 {
+                match rng(&mut seed) % 11 {
                     // Appends, sometimes with a gap.
                     0..=4 => {
                         if rng(&mut seed).is_multiple_of(20) {
@@ -245,6 +291,13 @@ mod tests {
                     7 | 8 => {
                         let s = rng(&mut seed) % (next + 10);
                         assert_eq!(t.remove(s), m.remove(&s));
+                    }
+                    // A cut of the front, now and then.
+                    10 if rng(&mut seed).is_multiple_of(8) => {
+                        let cut = t.first().unwrap_or(0) + rng(&mut seed) % (2 * CHUNK + 7);
+                        let want = m.range(..cut).count() as u64;
+                        m = m.split_off(&cut);
+                        assert_eq!(t.remove_below(cut), want, "cut at {cut}");
                     }
                     // Lookups and ranges.
                     _ => {

@@ -444,6 +444,106 @@ fn file_streams_survive_restart_memory_streams_do_not() {
     });
 }
 
+/// A purge of a stream's front is one step in the stream's bookkeeping (and one saved
+/// range), not one removal per message: what must still hold is the stream's state, its
+/// consumers' pending counts and acks, reads of what is left (file and memory storage) and,
+/// for a file stream, all of that again after a restart replays the saved deletes.
+#[test]
+fn a_large_purge_keeps_consumers_exact_and_survives_restart() {
+    let dir = TestDir::new("native-big-purge");
+    let mut broker = Broker::start(&dir.0, &[]);
+    let purge = |filter: &str, keep: u64| PurgeRequest {
+        filter: filter.into(),
+        keep,
+        seq: 0,
+    };
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        c.add_stream(stream("P", &["p.*"], Retention::Limits))
+            .await
+            .unwrap();
+        let mut mem = stream("PM", &["pm.*"], Retention::Limits);
+        mem.storage = Storage::Memory;
+        c.add_stream(mem).await.unwrap();
+        c.add_consumer("P", pull("all", 60_000)).await.unwrap();
+        let mut only_b = pull("b", 60_000);
+        only_b.filter_subjects = vec!["p.b".into()];
+        c.add_consumer("P", only_b).await.unwrap();
+        // Seq n is on p.a when odd, p.b when even.
+        for i in 0..3000u32 {
+            let ab = if i % 2 == 0 { "a" } else { "b" };
+            let body = format!("{i}");
+            c.publish_ack(&format!("p.{ab}"), body.as_bytes(), Default::default())
+                .await
+                .unwrap();
+            c.publish_ack(&format!("pm.{ab}"), body.as_bytes(), Default::default())
+                .await
+                .unwrap();
+        }
+        // 500 handed out, the first 100 of them acked: 400 left awaiting acks.
+        let got = fetch_n(&c, "P", "all", 500).await;
+        assert_eq!(got.len(), 500);
+        for m in &got[..100] {
+            m.ack_sync().await.unwrap();
+        }
+        let ci = c.consumer_info("P", "all").await.unwrap();
+        assert_eq!((ci.num_pending, ci.num_ack_pending), (2500, 400));
+
+        assert_eq!(c.purge_stream("P", purge("", 1000)).await.unwrap(), 2000);
+        assert_eq!(c.purge_stream("PM", purge("", 1000)).await.unwrap(), 2000);
+        for name in ["P", "PM"] {
+            let st = c.stream_info(name, "").await.unwrap().state;
+            assert_eq!(
+                (st.messages, st.first_seq, st.last_seq, st.num_deleted),
+                (1000, 2001, 3000, 0),
+                "{name}"
+            );
+            assert_eq!(c.get_msg(name, 2000).await.unwrap_err().status(), Some(404));
+            assert_eq!(c.get_msg(name, 2001).await.unwrap().data, &b"2000"[..]);
+        }
+        // The acks awaited below the purge are gone with their messages.
+        let ci = c.consumer_info("P", "all").await.unwrap();
+        assert_eq!((ci.num_pending, ci.num_ack_pending), (1000, 0));
+        let ci = c.consumer_info("P", "b").await.unwrap();
+        assert_eq!(ci.num_pending, 500);
+
+        // A purge of one subject removes interior messages, one by one.
+        assert_eq!(c.purge_stream("P", purge("p.a", 0)).await.unwrap(), 500);
+        let st = c.stream_info("P", "").await.unwrap().state;
+        assert_eq!(
+            (st.messages, st.first_seq, st.last_seq, st.num_deleted),
+            (500, 2002, 3000, 499)
+        );
+        let ci = c.consumer_info("P", "all").await.unwrap();
+        assert_eq!(ci.num_pending, 500);
+    });
+    assert_eq!(broker.stop(), Some(0));
+    broker.restart();
+    rt().block_on(async {
+        let c = Client::connect(&broker.native).await.unwrap();
+        let st = c.stream_info("P", "").await.unwrap().state;
+        assert_eq!(
+            (st.messages, st.first_seq, st.last_seq, st.num_deleted),
+            (500, 2002, 3000, 499)
+        );
+        let ci = c.consumer_info("P", "all").await.unwrap();
+        assert_eq!((ci.num_pending, ci.num_ack_pending), (500, 0));
+        assert_eq!(c.consumer_info("P", "b").await.unwrap().num_pending, 500);
+        let next = fetch_n(&c, "P", "all", 3).await;
+        let seqs: Vec<u64> = next
+            .iter()
+            .map(|m| m.meta.as_ref().unwrap().stream_seq)
+            .collect();
+        assert_eq!(seqs, vec![2002, 2004, 2006]);
+        assert_eq!(next[0].data, &b"2001"[..]);
+        let ack = c
+            .publish_ack("p.a", b"after", Default::default())
+            .await
+            .unwrap();
+        assert_eq!(ack.seq, 3001);
+    });
+}
+
 /// A backlog larger than the log's in-memory tail, read back after a restart (so from the
 /// disk) in big fetches: every message once, in order, byte for byte — across the parts a
 /// fetch reads concurrently and the file regions those reads end inside of — and a filtered

@@ -25,7 +25,8 @@ use sluice_core::native::{
     status, AckKind, AckPolicy, ConsumerConfig, ConsumerInfo, FetchRequest, MsgMeta, PurgeRequest,
     Retention, Storage, StoredMsg, StreamInfo,
 };
-use sluice_core::stream::{PublishVerdict, Stream};
+use sluice_core::seq_ranges::SeqRanges;
+use sluice_core::stream::{PublishVerdict, Removal, Stream};
 use sluice_core::Offset;
 use sluice_storage::notify::Notify;
 use sluice_storage::wall_clock_ms;
@@ -82,7 +83,7 @@ pub struct StreamHome {
     dir: PathBuf,
     dirty: Cell<bool>,
     /// Sequences removed since the log's start (saved with the state).
-    deleted: RefCell<std::collections::BTreeSet<u64>>,
+    deleted: RefCell<SeqRanges>,
     /// Woken when the oldest waiting pull of a consumer leaves (see [`PullTicket`]).
     pulls_moved: Notify,
     /// Pull requests waiting per consumer, oldest first (see [`PullTicket`]).
@@ -329,17 +330,6 @@ pub fn message_batch(
     b.build()
 }
 
-fn ranges(set: &std::collections::BTreeSet<u64>) -> Vec<(u64, u64)> {
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for &s in set {
-        match out.last_mut() {
-            Some((_, hi)) if *hi + 1 == s => *hi = s,
-            _ => out.push((s, s)),
-        }
-    }
-    out
-}
-
 impl StreamHome {
     pub fn dir_of(shard: &Shard, name: &str) -> PathBuf {
         shard.shared.config.data_dir.join("streams").join(name)
@@ -397,13 +387,12 @@ impl StreamHome {
                 .map_err(|e| format!("{}/state.json is damaged: {e}", dir.display()))?,
             Err(_) => SavedState::default(),
         };
-        let mut deleted = std::collections::BTreeSet::new();
+        let mut deleted = SeqRanges::default();
         if meta.config.storage == Storage::File {
-            for (lo, hi) in &saved.deleted {
-                for s in *lo..=(*hi).min(last) {
-                    state.remove(s);
-                    deleted.insert(s);
-                }
+            for &(lo, hi) in &saved.deleted {
+                let hi = hi.min(last);
+                state.remove_range(lo, hi);
+                deleted.insert_range(lo, hi);
             }
         }
         state.take_removed(); // replay bookkeeping; no consumer exists yet
@@ -581,25 +570,44 @@ impl StreamHome {
         self.removals(list);
     }
 
-    fn removals(&self, list: Vec<(u64, Box<str>)>) {
+    fn removals(&self, list: Vec<Removal>) {
         if list.is_empty() {
             return;
         }
+        let state = self.state.borrow();
         let mut consumers = self.consumers.borrow_mut();
-        for (seq, subject) in &list {
+        for r in &list {
             for c in consumers.values_mut() {
-                c.on_removed(*seq, subject);
+                match r {
+                    Removal::One(seq, subject) => c.on_removed(*seq, subject),
+                    Removal::Below(cut) => c.on_removed_below(*cut, &state),
+                }
             }
         }
-        if let Store::Memory(m) = &self.store {
-            let mut m = m.borrow_mut();
-            for (seq, _) in &list {
-                m.remove(seq);
+        match &self.store {
+            Store::Memory(m) => {
+                let mut m = m.borrow_mut();
+                for r in &list {
+                    match r {
+                        Removal::One(seq, _) => {
+                            m.remove(seq);
+                        }
+                        Removal::Below(cut) => *m = m.split_off(cut),
+                    }
+                }
             }
-        } else {
-            self.deleted
-                .borrow_mut()
-                .extend(list.iter().map(|(s, _)| *s));
+            Store::File(part) => {
+                let mut deleted = self.deleted.borrow_mut();
+                for r in &list {
+                    match r {
+                        Removal::One(seq, _) => deleted.insert(*seq),
+                        Removal::Below(cut) => {
+                            let start = part.log.start_offset().0 as u64 + 1;
+                            deleted.insert_range(start, cut - 1)
+                        }
+                    }
+                }
+            }
         }
         self.dirty.set(true);
     }
@@ -650,7 +658,7 @@ impl StreamHome {
         let removed = self.state.borrow_mut().purge(req);
         self.removed();
         self.changed.notify_all();
-        removed.len() as u64
+        removed
     }
 
     pub fn info(&self, subjects_filter: &str) -> StreamInfo {
@@ -1255,12 +1263,12 @@ impl StreamHome {
                     .await
                 {
                     let keep_from = o.0 as u64 + 1;
-                    self.deleted.borrow_mut().retain(|s| *s >= keep_from);
+                    self.deleted.borrow_mut().remove_below(keep_from);
                 }
             }
         }
         let saved = SavedState {
-            deleted: ranges(&self.deleted.borrow()),
+            deleted: self.deleted.borrow().ranges(),
             consumers: self
                 .consumers
                 .borrow()
