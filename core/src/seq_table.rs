@@ -195,6 +195,27 @@ impl<T: Slot> SeqTable<T> {
         removed
     }
 
+    /// The first live sequence whose value satisfies `pred`, where `pred` is false for a
+    /// prefix of the live values (in sequence order) and true after it: whole chunks are
+    /// passed over on their last live value, so the cost is one check per chunk and one chunk's
+    /// slots.
+    pub fn first_where_sorted(&self, pred: impl Fn(&T) -> bool) -> Option<u64> {
+        for (i, c) in self.chunks.iter().enumerate() {
+            let Some(c) = c else { continue };
+            let last = c.slots.iter().rev().find(|v| !v.is_empty_slot());
+            if !last.is_some_and(&pred) {
+                continue;
+            }
+            let slot = c
+                .slots
+                .iter()
+                .position(|v| !v.is_empty_slot() && pred(v))
+                .expect("the chunk's last live value matches");
+            return Some((self.base + i as u64) * CHUNK + slot as u64);
+        }
+        None
+    }
+
     /// Live sequences ≥ `from` with their values, ascending.
     pub fn range(&self, from: u64) -> Range<'_, T> {
         let from = from.max(self.base * CHUNK);
@@ -303,6 +324,13 @@ mod tests {
                     _ => {
                         let s = rng(&mut seed) % (next + 10);
                         assert_eq!(t.get(s), m.get(&s));
+                        // Values are steps, which grow with the sequence: sorted.
+                        let v = rng(&mut seed) as u32 % (step + 10);
+                        assert_eq!(
+                            t.first_where_sorted(|x| *x >= v),
+                            m.iter().find(|(_, x)| **x >= v).map(|(k, _)| *k),
+                            "first value ≥ {v}"
+                        );
                         let got: Vec<_> = t.range(s).take(50).map(|(k, v)| (k, *v)).collect();
                         let want: Vec<_> = m.range(s..).take(50).map(|(k, v)| (*k, *v)).collect();
                         assert_eq!(got, want, "range from {s}");

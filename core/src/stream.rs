@@ -72,6 +72,9 @@ pub struct Stream {
     /// pipelining) and becomes visible once durable.
     visible: u64,
     last_ts_ms: i64,
+    /// A message was stored with a timestamp before an earlier one's (the wall clock stepped
+    /// back): lookups by time walk every message instead of skipping whole chunks.
+    ts_stepped_back: bool,
     /// Live sequences: 16 bytes each (see [`SeqTable`]).
     msgs: SeqTable<Entry>,
     bytes: u64,
@@ -293,6 +296,7 @@ impl Stream {
         );
         self.bytes += size as u64;
         self.last_seq = self.last_seq.max(seq);
+        self.ts_stepped_back |= ts_ms < self.last_ts_ms;
         self.last_ts_ms = self.last_ts_ms.max(ts_ms);
         if let Some(mid) = msg_id {
             if self.config.duplicate_window_ms > 0 {
@@ -631,13 +635,19 @@ impl Stream {
         v
     }
 
-    /// The first live sequence with a timestamp ≥ `ts_ms`.
+    /// The first live sequence with a timestamp ≥ `ts_ms` (deliver policy by start time):
+    /// a check per chunk of sequences while timestamps only went up, otherwise a walk over
+    /// every message.
     pub fn seq_at_time(&self, ts_ms: i64) -> u64 {
-        self.msgs
-            .iter()
-            .find(|(_, e)| e.ts_ms >= ts_ms)
-            .map(|(s, _)| s)
-            .unwrap_or(self.last_seq + 1)
+        let found = if self.ts_stepped_back {
+            self.msgs
+                .iter()
+                .find(|(_, e)| e.ts_ms >= ts_ms)
+                .map(|(s, _)| s)
+        } else {
+            self.msgs.first_where_sorted(|e| e.ts_ms >= ts_ms)
+        };
+        found.unwrap_or(self.last_seq + 1)
     }
 
     pub fn state(&self, subjects_filter: &str, consumer_count: u32) -> StreamState {
@@ -973,6 +983,24 @@ mod tests {
                     }
                 }
             }
+        }
+
+        #[test]
+        fn seq_at_time_with_and_without_a_clock_step_back() {
+            let mut s = Stream::new(cfg(|c| c.subjects = vec!["o.*".into()]), 0);
+            for i in 0..5_000u64 {
+                s.stored(i + 1, "o.a", 1, (i / 10) as i64, None);
+            }
+            s.remove_range(1, 1500);
+            assert_eq!(s.seq_at_time(0), 1501);
+            assert_eq!(s.seq_at_time(200), 2001);
+            assert_eq!(s.seq_at_time(499), 4991);
+            assert_eq!(s.seq_at_time(500), 5001);
+            // The clock steps back: the first at or after the time, wherever it is.
+            s.stored(5001, "o.a", 1, 300, None);
+            s.stored(5002, "o.a", 1, 600, None);
+            assert_eq!(s.seq_at_time(500), 5002);
+            assert_eq!(s.seq_at_time(300), 3001);
         }
 
         #[test]
