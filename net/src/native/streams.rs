@@ -1310,8 +1310,11 @@ pub fn decode_state(bytes: &[u8]) -> bool {
 }
 
 /// Bytes a stream reads from its log in one request when it serves a pull fetch: a fetch's
-/// messages are read in parts of about this size, all at once.
-const READ_PART_BYTES: u64 = 256 << 10;
+/// messages are read in parts of about this size, all at once. (256 KiB parts: native consume
+/// of a 1 GiB backlog 442 / 443 MB/s and 1.03–1.16 broker CPU s per GB; 1 MiB: 502 / 514 MB/s
+/// and 0.90–0.91. A fetch holds what it reads until it answers either way, so the fetch's
+/// byte limit, not the part size, bounds its memory.)
+const READ_PART_BYTES: u64 = 1 << 20;
 
 /// Parts of one fetch being read at once, at most (a filtered consumer's fetch may be a
 /// thousand single-message parts).
