@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use sluice_core::batch::{self, BatchBuilder, BatchHeader, Compression};
+use sluice_core::batch::{self, BatchBuilder, BatchHeader, Compression, TimestampType};
 use sluice_core::consumer::{Consumer, ConsumerSnapshot};
 use sluice_core::native::{
     status, AckKind, AckPolicy, ConsumerConfig, ConsumerInfo, FetchRequest, MsgMeta, PurgeRequest,
@@ -216,6 +216,8 @@ struct PubInfo<'a> {
     msg_id: Option<Cow<'a, str>>,
     expected_last_seq: Option<u64>,
     size: usize,
+    /// The record's timestamp (the batch's append time under LogAppendTime).
+    timestamp_ms: i64,
 }
 
 /// A published message on its way into a stream: its subject and its batch, both views of
@@ -276,6 +278,7 @@ fn pub_info<'a>(bytes: &'a [u8], header: &BatchHeader) -> Result<PubInfo<'a>, Re
                 msg_id: p.msg_id.map(Cow::Owned),
                 expected_last_seq: p.expected_last_seq,
                 size: p.size,
+                timestamp_ms: p.timestamp_ms,
             });
         }
         Err(e) => return Err(bad(e.to_string())),
@@ -306,11 +309,18 @@ fn pub_info<'a>(bytes: &'a [u8], header: &BatchHeader) -> Result<PubInfo<'a>, Re
             );
         }
     }
+    // As `batch::records` reads it (Kafka's `DefaultRecord.readFrom`).
+    let timestamp_ms = if header.timestamp_type() == TimestampType::LogAppendTime {
+        header.max_timestamp
+    } else {
+        view.timestamp
+    };
     Ok(PubInfo {
         subject: Cow::Borrowed(subject),
         msg_id,
         expected_last_seq,
         size,
+        timestamp_ms,
     })
 }
 
@@ -362,10 +372,12 @@ impl StreamHome {
                     if bytes.is_empty() {
                         break;
                     }
+                    // `Log::read` checked each batch's CRC: the message is read in place
+                    // (`pub_info`), not decoded into owned records with a second CRC check.
                     let (found, _) = batch::split_batches(&bytes, false);
                     for (h, range) in found {
                         from = Offset(h.last_offset() + 1);
-                        if let Ok(p) = parse_message(&bytes[range]) {
+                        if let Ok(p) = pub_info(&bytes[range], &h) {
                             state.stored(
                                 h.base_offset as u64 + 1,
                                 &p.subject,
