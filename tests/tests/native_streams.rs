@@ -457,7 +457,7 @@ fn a_large_purge_keeps_consumers_exact_and_survives_restart() {
         keep,
         seq: 0,
     };
-    rt().block_on(async {
+    let times = rt().block_on(async {
         let c = Client::connect(&broker.native).await.unwrap();
         c.add_stream(stream("P", &["p.*"], Retention::Limits))
             .await
@@ -516,6 +516,10 @@ fn a_large_purge_keeps_consumers_exact_and_survives_restart() {
         );
         let ci = c.consumer_info("P", "all").await.unwrap();
         assert_eq!(ci.num_pending, 500);
+        // A message's time is the stream's, wherever it is read from.
+        let got = c.get_msg("P", 2002).await.unwrap();
+        assert_eq!(got.timestamp_ms, st.first_ts_ms);
+        (st.first_ts_ms, st.last_ts_ms)
     });
     assert_eq!(broker.stop(), Some(0));
     broker.restart();
@@ -526,6 +530,8 @@ fn a_large_purge_keeps_consumers_exact_and_survives_restart() {
             (st.messages, st.first_seq, st.last_seq, st.num_deleted),
             (500, 2002, 3000, 499)
         );
+        // Times come back from the log as the stream counted them before the restart.
+        assert_eq!((st.first_ts_ms, st.last_ts_ms), times);
         let ci = c.consumer_info("P", "all").await.unwrap();
         assert_eq!((ci.num_pending, ci.num_ack_pending), (500, 0));
         assert_eq!(c.consumer_info("P", "b").await.unwrap().num_pending, 500);

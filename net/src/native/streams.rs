@@ -28,6 +28,7 @@ use sluice_core::native::{
 use sluice_core::seq_ranges::SeqRanges;
 use sluice_core::stream::{PublishVerdict, Removal, Stream};
 use sluice_core::Offset;
+use sluice_storage::log::Stamp;
 use sluice_storage::notify::Notify;
 use sluice_storage::wall_clock_ms;
 use sluice_storage::LogError;
@@ -472,13 +473,29 @@ impl StreamHome {
                 }
             };
             // No await between admitting and buffering: log offsets follow sequence order.
+            // The stored copy carries the stream's time for the message (LogAppendTime, as
+            // JetStream times messages by the server): what `get`, consumers reading the topic
+            // and the replay after a restart see is the time the stream counted by (max_age,
+            // deliver by start time), not the publisher's clock.
             match &self.store {
                 Store::Memory(m) => {
                     let mut owned = batch.to_vec();
                     batch::set_base_offset(&mut owned, Offset(seq as i64 - 1));
+                    batch::set_log_append_time(&mut owned, now);
                     m.borrow_mut().insert(seq, Bytes::from(owned));
                 }
-                Store::File(part) => match part.log.buffer_checked(now as u64, batch, header).await
+                Store::File(part) => match part
+                    .log
+                    .buffer_stamped(
+                        now as u64,
+                        batch,
+                        header,
+                        Stamp {
+                            partition_leader_epoch: None,
+                            log_append_time_ms: Some(now),
+                        },
+                    )
+                    .await
                 {
                     Ok(info) => {
                         if info.base_offset.0 as u64 + 1 != seq {
