@@ -72,9 +72,43 @@ unsupported=(
 )
 deselect=()
 for t in "${unsupported[@]}"; do deselect+=(--deselect "test/integration/$t"); done
+# Failures of these tests are retried once, alone: kafka-python 3.0.12 (the newest release) has
+# a metadata race in them. The consumer (group_id=None) calls subscribe() while its bootstrap
+# Metadata request for no topics is still in flight; the answer, arriving after, clears the
+# update subscribe() asked for (kafka/cluster.py, "TODO: handle future when old metadata request
+# is currently in-flight"), and the client waits out metadata.max.age.ms (5 min) before asking
+# again. Seen about once in 250 runs, on any broker; the client's debug log shows the broker
+# answering the request it was sent, correctly. Any other failure fails the suite at once.
+known_client_races='test_idempotent_producer_max_in_flight'
+run() {
+    KAFKA_VERSION=4.1.0 KAFKA_URI="tcp://127.0.0.1:$port" "$py/pytest" \
+        -p no:logging -p no:cacheprovider -q --timeout 60 --timeout-method=signal "$@"
+}
 cd "$src"
-KAFKA_VERSION=4.1.0 KAFKA_URI="tcp://127.0.0.1:$port" "$py/pytest" test/integration \
-    -p no:logging -p no:cacheprovider -q --timeout 60 --timeout-method=signal \
+log="$(mktemp)"
+set +e
+run test/integration \
     --ignore test/integration/test_ssl_integration.py \
     --ignore test/integration/test_sasl_integration.py \
-    "${deselect[@]}"
+    "${deselect[@]}" 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+first_passed=$(grep -Eo '([0-9]+) passed' "$log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
+failed=$(grep -E '^FAILED ' "$log" | awk '{print $2}' | sort -u)
+rm -f "$log"
+if [ "$rc" -ne 0 ]; then
+    [ -n "$failed" ] || exit "$rc"
+    for t in $failed; do
+        [[ "$t" == *"::${known_client_races}"* ]] || exit "$rc"
+    done
+    echo "== retrying once, alone (kafka-python's subscribe/metadata race, see tools/kafka_python_suite.sh):"
+    echo "$failed"
+    retry_log="$(mktemp)"
+    # Test ids hold brackets: no globbing. shellcheck disable=SC2086
+    set -f
+    run $failed 2>&1 | tee "$retry_log"
+    set +f
+    retried=$(grep -Eo '([0-9]+) passed' "$retry_log" | tail -1 | grep -Eo '[0-9]+' || echo 0)
+    rm -f "$retry_log"
+    echo "kafka-python suite: $((first_passed + retried)) passed after one retry"
+fi
