@@ -247,18 +247,48 @@ pub fn set_partition_leader_epoch(batch: &mut [u8], epoch: i32) {
 }
 
 /// Marks the batch as `LogAppendTime` and stamps `now_ms` as its max timestamp (what Kafka does
-/// for topics with `message.timestamp.type=LogAppendTime`). Both fields are under the CRC, which
-/// is recomputed.
+/// for topics with `message.timestamp.type=LogAppendTime`).
 pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
-    assert!(
-        batch.len() >= HEADER_BYTES,
-        "set_log_append_time on a short batch"
-    );
-    let attributes = i16::from_be_bytes([batch[21], batch[22]]) | 0x08;
-    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
-    batch[35..43].copy_from_slice(&now_ms.to_be_bytes());
-    let crc = crc32c::crc32c(&batch[CRC_START..]);
-    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+    AppendTimeStamp::of(batch, now_ms).write_to(batch);
+}
+
+/// What marking a batch `LogAppendTime` at `now_ms` changes in its header: attributes and
+/// maxTimestamp, both under the CRC. The new CRC is derived from the old one without reading
+/// the records ([`crate::crc`]), so a batch whose CRC was wrong keeps a wrong CRC. Computed from
+/// the batch as received and written into the copy being stored: reading back a just-copied
+/// batch stalls on the copy's stores.
+#[derive(Debug, Clone, Copy)]
+pub struct AppendTimeStamp {
+    /// attributes:i16 lastOffsetDelta:i32 baseTimestamp:i64 maxTimestamp:i64
+    prefix: [u8; 22],
+    crc: u32,
+}
+
+impl AppendTimeStamp {
+    pub fn of(batch: &[u8], now_ms: i64) -> AppendTimeStamp {
+        assert!(
+            batch.len() >= HEADER_BYTES,
+            "a LogAppendTime stamp of a short batch"
+        );
+        let old = &batch[CRC_START..CRC_START + 22];
+        let mut prefix = [0u8; 22];
+        prefix.copy_from_slice(old);
+        let attributes = i16::from_be_bytes([prefix[0], prefix[1]]) | 0x08;
+        prefix[0..2].copy_from_slice(&attributes.to_be_bytes());
+        prefix[14..22].copy_from_slice(&now_ms.to_be_bytes());
+        let crc = u32::from_be_bytes([batch[17], batch[18], batch[19], batch[20]]);
+        let rest = batch.len() - CRC_START - 22;
+        AppendTimeStamp {
+            prefix,
+            crc: crate::crc::after_prefix_change(crc, old, &prefix, rest),
+        }
+    }
+
+    /// Writes the stamp into the batch it was computed from, or a copy of it.
+    pub fn write_to(&self, batch: &mut [u8]) {
+        batch[17..21].copy_from_slice(&self.crc.to_be_bytes());
+        batch[CRC_START..CRC_START + 22].copy_from_slice(&self.prefix);
+    }
 }
 
 /// Splits a buffer holding consecutive batches into `(header, byte range)` pairs, stopping at the
@@ -905,6 +935,31 @@ mod tests {
                 assert_eq!(r.value.as_deref(), Some(&vec![i as u8; 100 + i][..]));
                 assert_eq!(r.headers[0].key, b"h");
             }
+        }
+    }
+
+    #[test]
+    fn a_log_append_time_stamp_written_into_a_copy_validates_and_keeps_corruption() {
+        for records in [1, 3, 40] {
+            let batch = sample(Compression::None, records);
+            let mut copy = vec![0u8; batch.len()];
+            copy.copy_from_slice(&batch);
+            AppendTimeStamp::of(&batch, 1_700_000_000_123).write_to(&mut copy);
+            let mut in_place = batch.clone();
+            set_log_append_time(&mut in_place, 1_700_000_000_123);
+            assert_eq!(copy, in_place);
+            let header = validate(&copy).unwrap();
+            assert_eq!(header.max_timestamp, 1_700_000_000_123);
+            assert_eq!(header.timestamp_type(), TimestampType::LogAppendTime);
+            // A flipped record byte is not blessed by the stamp.
+            let mut corrupt = batch.clone();
+            let last = corrupt.len() - 1;
+            corrupt[last] ^= 0x40;
+            set_log_append_time(&mut corrupt, 5);
+            assert!(matches!(
+                validate(&corrupt),
+                Err(BatchError::CrcMismatch { .. })
+            ));
         }
     }
 

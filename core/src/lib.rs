@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod consumer;
 pub mod consumer_group;
+pub mod crc;
 pub mod error;
 pub mod group;
 pub mod native;

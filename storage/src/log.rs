@@ -1127,6 +1127,10 @@ impl<D: Disk> Log<D> {
         }
         let base = st.next_offset;
         let fill = st.tail.fill;
+        // From the batch as received: the copy is only written, never read back here.
+        let append_time = stamp
+            .log_append_time_ms
+            .map(|time| (time, batch::AppendTimeStamp::of(batch, time)));
         let copy = &mut st.tail.buf.bytes_mut()[fill..fill + len];
         copy.copy_from_slice(batch);
         batch::set_base_offset(copy, Offset(base));
@@ -1134,8 +1138,8 @@ impl<D: Disk> Log<D> {
             batch::set_partition_leader_epoch(copy, epoch);
         }
         let mut max_timestamp = header.max_timestamp;
-        if let Some(time) = stamp.log_append_time_ms {
-            batch::set_log_append_time(copy, time);
+        if let Some((time, stamped)) = append_time {
+            stamped.write_to(copy);
             max_timestamp = time;
         }
         let last = base + header.last_offset_delta as i64;

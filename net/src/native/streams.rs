@@ -479,9 +479,10 @@ impl StreamHome {
             // deliver by start time), not the publisher's clock.
             match &self.store {
                 Store::Memory(m) => {
+                    let stamped = batch::AppendTimeStamp::of(batch, now);
                     let mut owned = batch.to_vec();
                     batch::set_base_offset(&mut owned, Offset(seq as i64 - 1));
-                    batch::set_log_append_time(&mut owned, now);
+                    stamped.write_to(&mut owned);
                     m.borrow_mut().insert(seq, Bytes::from(owned));
                 }
                 Store::File(part) => match part
