@@ -52,6 +52,12 @@ pub trait DiskFile {
     fn alloc(&self, len: usize) -> Self::Buf;
     /// Writes all of `buf` at `pos` (aligned).
     async fn write_at(&self, buf: Self::Buf, pos: u64) -> io::Result<()>;
+    /// Writes `len` zero bytes at `pos` (both aligned).
+    async fn write_zeroes_at(&self, pos: u64, len: usize) -> io::Result<()> {
+        let mut z = self.alloc(len);
+        z.bytes_mut().fill(0);
+        self.write_at(z, pos).await
+    }
     /// Reads up to `len` bytes at `pos`; fewer at the end of the file.
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>>;
     async fn sync(&self) -> io::Result<()>;

@@ -137,6 +137,41 @@ impl DiskFile for DmaSegmentFile {
         Ok(())
     }
 
+    /// From one zeroed buffer per thread and length, shared by every write of it: a log's
+    /// preallocation writes a stretch of one size over and over (zeroing a fresh buffer for
+    /// each was 3.5% of the broker's CPU in a native produce).
+    async fn write_zeroes_at(&self, pos: u64, len: usize) -> io::Result<()> {
+        thread_local! {
+            static ZEROES: std::cell::RefCell<Option<std::rc::Rc<DmaBuffer>>> =
+                const { std::cell::RefCell::new(None) };
+        }
+        let zeroes = ZEROES.with(|z| {
+            let mut z = z.borrow_mut();
+            match &*z {
+                Some(b) if b.len() == len => b.clone(),
+                _ => {
+                    let mut b = self.file.alloc_dma_buffer(len);
+                    b.as_bytes_mut().fill(0);
+                    let b = std::rc::Rc::new(b);
+                    *z = Some(b.clone());
+                    b
+                }
+            }
+        });
+        let written = self
+            .file
+            .write_rc_at(zeroes, pos)
+            .await
+            .map_err(glommio_io)?;
+        if written != len {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("short write: {written} of {len} zero bytes at {pos}"),
+            ));
+        }
+        Ok(())
+    }
+
     async fn read_at(&self, pos: u64, len: usize) -> io::Result<Vec<u8>> {
         let read = self.file.read_at(pos, len).await.map_err(glommio_io)?;
         Ok(read.to_vec())
@@ -241,5 +276,43 @@ pub fn keep_io_buffers_mapped() {
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 64 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Shared zero buffers: writes of one length reuse a buffer, another length gets its own,
+    /// and every one lands as zeroes over what was there.
+    #[test]
+    fn zero_writes_overwrite_with_zeroes() {
+        let dir = std::env::temp_dir().join(format!("sluice-dma-zeroes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("seg.log");
+        let result = run_local("zeroes-test", async {
+            prime_iopoll_probe(&dir).await.unwrap();
+            let file = DmaDisk.open(&path, true).await.unwrap();
+            let mut junk = file.alloc(256 << 10);
+            junk.bytes_mut().fill(0xa5);
+            file.write_at(junk, 0).await.unwrap();
+            file.write_zeroes_at(8192, 64 << 10).await.unwrap();
+            file.write_zeroes_at(128 << 10, 64 << 10).await.unwrap();
+            file.write_zeroes_at(200 << 10, 8192).await.unwrap();
+            let bytes = file.read_at(0, 256 << 10).await.unwrap();
+            file.truncate(0).await.unwrap();
+            bytes
+        })
+        .unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let zeroed = |i: usize| {
+            (8192..8192 + (64 << 10)).contains(&i)
+                || ((128 << 10)..(192 << 10)).contains(&i)
+                || ((200 << 10)..(200 << 10) + 8192).contains(&i)
+        };
+        assert_eq!(result.len(), 256 << 10);
+        for (i, b) in result.iter().enumerate() {
+            assert_eq!(*b, if zeroed(i) { 0 } else { 0xa5 }, "byte {i}");
+        }
     }
 }

@@ -1218,11 +1218,10 @@ impl<D: Disk> Log<D> {
         let data = file.write_at(buf, pos);
         let ahead = async {
             match zeroes {
-                Some((at, len)) => {
-                    let mut z = file.alloc(len);
-                    z.bytes_mut().fill(0);
-                    file.write_at(z, at).await.map(|()| at + len as u64)
-                }
+                Some((at, len)) => file
+                    .write_zeroes_at(at, len)
+                    .await
+                    .map(|()| at + len as u64),
                 None => Ok(end),
             }
         };
