@@ -552,8 +552,9 @@ fn a_large_purge_keeps_consumers_exact_and_survives_restart() {
 
 /// A backlog larger than the log's in-memory tail, read back after a restart (so from the
 /// disk) in big fetches: every message once, in order, byte for byte — across the parts a
-/// fetch reads concurrently and the file regions those reads end inside of — and a filtered
-/// consumer gets exactly its subject's messages.
+/// fetch reads concurrently and the file regions those reads end inside of — and filtered
+/// consumers get exactly their subjects' messages: one whose messages interleave with others
+/// (its reads run through the gaps) and one whose messages are far apart (a read each).
 #[test]
 fn a_backlog_is_read_back_from_disk_whole_and_in_order() {
     let dir = TestDir::new("native-backlog");
@@ -570,12 +571,11 @@ fn a_backlog_is_read_back_from_disk_whole_and_in_order() {
             .await
             .unwrap();
         let bodies: Vec<Vec<u8>> = (0..count).map(body).collect();
-        let subjects = ["b.0", "b.1", "b.2"];
         for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
             let msgs: Vec<Publish<'_>> = chunk
                 .iter()
                 .map(|&i| Publish {
-                    subject: subjects[i % 3],
+                    subject: backlog_subject(i),
                     data: &bodies[i],
                     opts: PublishOptions::default(),
                 })
@@ -596,6 +596,10 @@ fn a_backlog_is_read_back_from_disk_whole_and_in_order() {
         only.ack_policy = AckPolicy::None;
         only.filter_subjects = vec!["b.1".into()];
         c.add_consumer("B", only).await.unwrap();
+        let mut rare = pull("rare", 30_000);
+        rare.ack_policy = AckPolicy::None;
+        rare.filter_subjects = vec!["b.rare".into()];
+        c.add_consumer("B", rare).await.unwrap();
         let mut next = 0;
         while next < count {
             let got = c
@@ -617,19 +621,50 @@ fn a_backlog_is_read_back_from_disk_whole_and_in_order() {
                 next += 1;
             }
         }
-        let mut seen = Vec::new();
-        while seen.len() < count / 3 {
-            let got = c.fetch("B", "one", batch(700, 2000)).await.unwrap();
-            assert!(!got.is_empty(), "filtered fetch came back empty");
-            for m in got {
-                let seq = m.meta.as_ref().unwrap().stream_seq as usize;
-                assert_eq!(m.subject, "b.1");
-                assert_eq!(m.data, &body(seq - 1)[..], "message {}", seq - 1);
-                seen.push(seq - 1);
+        for (consumer, subject) in [("one", "b.1"), ("rare", "b.rare")] {
+            let expected: Vec<usize> = (0..count)
+                .filter(|&i| backlog_subject(i) == subject)
+                .collect();
+            let mut seen = Vec::new();
+            while seen.len() < expected.len() {
+                let got = c.fetch("B", consumer, batch(700, 2000)).await.unwrap();
+                assert!(
+                    !got.is_empty(),
+                    "{consumer}: filtered fetch came back empty"
+                );
+                for m in got {
+                    let seq = m.meta.as_ref().unwrap().stream_seq as usize;
+                    assert_eq!(m.subject, subject);
+                    assert_eq!(m.data, &body(seq - 1)[..], "message {}", seq - 1);
+                    seen.push(seq - 1);
+                }
             }
+            assert_eq!(seen, expected, "{consumer}");
+            // Nothing more for it.
+            let more = c
+                .fetch(
+                    "B",
+                    consumer,
+                    FetchOptions {
+                        no_wait: true,
+                        ..batch(10, 100)
+                    },
+                )
+                .await
+                .unwrap();
+            assert!(more.is_empty(), "{consumer}: {} more", more.len());
         }
-        assert_eq!(seen, (0..count).filter(|i| i % 3 == 1).collect::<Vec<_>>());
     });
+}
+
+/// The subject of message `i` of the backlog test: three interleaved, and every 50th (~90 KB
+/// apart) a subject of its own.
+fn backlog_subject(i: usize) -> &'static str {
+    if i % 50 == 7 {
+        "b.rare"
+    } else {
+        ["b.0", "b.1", "b.2"][i % 3]
+    }
 }
 
 /// `Client::messages`, a pull consumer read as a stream: its pull requests stay outstanding
