@@ -811,6 +811,44 @@ impl<D: Disk> Log<D> {
         Ok(Some(bytes))
     }
 
+    /// Like [`Log::read_region_bytes`], but the read starts at the indexed batch at or before
+    /// `from` rather than at the batch holding it, so no batch header is read from the device
+    /// first (that walk took ~0.6 ms of each ~1.6 ms native fetch read here): the caller skips
+    /// the batches before `from`, about `index_interval_bytes` of them. It may also end before
+    /// `from`'s batch when that is far past the index entry; the caller then reads exactly.
+    /// `None` when nothing at or past `from` is acknowledged yet.
+    pub async fn read_span_bytes(
+        &self,
+        from: Offset,
+        max_bytes: usize,
+    ) -> Result<Option<Vec<u8>>, LogError> {
+        let acked = self.readable_from(from.0)?;
+        if from.0 >= acked {
+            return Ok(None);
+        }
+        let Some(plan) = self.plan_read(from.0) else {
+            return Ok(None);
+        };
+        let limit = plan.acked_limit.unwrap_or(plan.limit);
+        if from.0 >= plan.segment_end || limit <= plan.pos {
+            return self.read_region_bytes(from, max_bytes).await;
+        }
+        let len = (max_bytes as u64).min(limit - plan.pos);
+        let bytes = plan
+            .file
+            .read_at(plan.pos, len as usize)
+            .await
+            .map_err(|e| LogError::io("read", &plan.path, e))?;
+        if (bytes.len() as u64) < len {
+            let eof = std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "segment ended inside a read span",
+            );
+            return Err(LogError::io("read", &plan.path, eof));
+        }
+        Ok(Some(bytes))
+    }
+
     async fn find_region(
         &self,
         from: Offset,

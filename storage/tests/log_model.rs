@@ -195,6 +195,30 @@ async fn run(ops: Vec<Op>, fsync: FsyncPolicy, opened_under: FsyncPolicy) {
                     .unwrap()
                     .expect("region bytes");
                 assert_eq!(direct, bytes, "direct region read at {from}");
+                // A span read starts at a batch at or before `from`'s and runs on as the log.
+                let span = log
+                    .read_span_bytes(Offset(from), max_bytes)
+                    .await
+                    .unwrap()
+                    .expect("span bytes");
+                assert!(!span.is_empty() && span.len() <= max_bytes.max(1));
+                if span.len() >= 8 {
+                    // baseOffset: the first 8 bytes of a batch.
+                    let base = i64::from_be_bytes(span[..8].try_into().unwrap());
+                    let k = model
+                        .iter()
+                        .position(|s| s.header.base_offset == base)
+                        .expect("span starts at a batch");
+                    assert!(k <= first, "span at {from} starts past its batch");
+                    let from_k: Vec<u8> = model[k..]
+                        .iter()
+                        .flat_map(|s| s.bytes.iter().copied())
+                        .collect();
+                    assert!(
+                        from_k.starts_with(&span),
+                        "span at {from} diverges from the model"
+                    );
+                }
             }
             Op::ByTime { at } => {
                 let Some((_, first)) = pick(&model, at) else {

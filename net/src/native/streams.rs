@@ -1374,14 +1374,22 @@ async fn read_run(part: &Partition, wanted: &[(u64, u32)], est: u64) -> Vec<(u64
     let mut out = Vec::with_capacity(wanted.len());
     // The first wanted sequence not yet found.
     let mut w = 0;
+    // Read the region starting exactly at the batch holding `from` (after a span read from the
+    // index entry before it fell short of that batch).
+    let mut exact = false;
     while w < wanted.len() {
         let next = wanted[w].0;
         let want = est.clamp(4096, 4 << 20) as usize;
         let from = Offset(next as i64 - 1);
         let read = match part.log.read_cached(from, want) {
-            Ok(None) => part
+            Ok(None) if exact => part
                 .log
                 .read_region_bytes(from, want)
+                .await
+                .map(|b| b.map(Bytes::from)),
+            Ok(None) => part
+                .log
+                .read_span_bytes(from, want)
                 .await
                 .map(|b| b.map(Bytes::from)),
             cached => cached,
@@ -1413,8 +1421,13 @@ async fn read_run(part: &Partition, wanted: &[(u64, u32)], est: u64) -> Vec<(u64
             }
         }
         if w == before {
-            break;
+            if exact {
+                break;
+            }
+            exact = true;
+            continue;
         }
+        exact = false;
     }
     out
 }
