@@ -83,7 +83,7 @@ impl Multiplier {
 }
 
 /// Advances a CRC difference past `len` zero bytes.
-pub fn shift(crc: u32, len: usize) -> u32 {
+fn shift(crc: u32, len: usize) -> u32 {
     mul_mod_p(zero_bytes_factor(len), crc)
 }
 

@@ -797,18 +797,9 @@ impl<D: Disk> Log<D> {
         let Some((file, region)) = self.find_region(from, max_bytes).await? else {
             return Ok(None);
         };
-        let bytes = file
-            .read_at(region.pos, region.len as usize)
+        read_whole(&*file, &region.path, region.pos, region.len)
             .await
-            .map_err(|e| LogError::io("read", &region.path, e))?;
-        if (bytes.len() as u64) < region.len {
-            let eof = std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "segment ended inside a fetch region",
-            );
-            return Err(LogError::io("read", &region.path, eof));
-        }
-        Ok(Some(bytes))
+            .map(Some)
     }
 
     /// Like [`Log::read_region_bytes`], but the read starts at the indexed batch at or before
@@ -834,19 +825,9 @@ impl<D: Disk> Log<D> {
             return self.read_region_bytes(from, max_bytes).await;
         }
         let len = (max_bytes as u64).min(limit - plan.pos);
-        let bytes = plan
-            .file
-            .read_at(plan.pos, len as usize)
+        read_whole(&*plan.file, &plan.path, plan.pos, len)
             .await
-            .map_err(|e| LogError::io("read", &plan.path, e))?;
-        if (bytes.len() as u64) < len {
-            let eof = std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "segment ended inside a read span",
-            );
-            return Err(LogError::io("read", &plan.path, eof));
-        }
-        Ok(Some(bytes))
+            .map(Some)
     }
 
     async fn find_region(
@@ -1844,6 +1825,28 @@ fn decode_start_checkpoint(bytes: &[u8]) -> Option<i64> {
         return None;
     }
     Some(i64::from_be_bytes(v.try_into().ok()?))
+}
+
+/// Reads exactly `len` bytes of a segment at `pos`: fewer means the segment ended inside a
+/// region known to be there (truncated under the reader).
+async fn read_whole<F: DiskFile>(
+    file: &F,
+    path: &Path,
+    pos: u64,
+    len: u64,
+) -> Result<Vec<u8>, LogError> {
+    let bytes = file
+        .read_at(pos, len as usize)
+        .await
+        .map_err(|e| LogError::io("read", path, e))?;
+    if (bytes.len() as u64) < len {
+        let eof = std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "segment ended inside a fetch region",
+        );
+        return Err(LogError::io("read", path, eof));
+    }
+    Ok(bytes)
 }
 
 fn segment_path(dir: &Path, base: i64, ext: &str) -> PathBuf {

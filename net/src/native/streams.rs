@@ -1366,10 +1366,9 @@ const READ_GAP_BYTES: u64 = 64 << 10;
 const READS_IN_FLIGHT: usize = 8;
 
 /// The stored batches of the `wanted` sequences (sorted; the span from the first to the last
-/// about `est` bytes), read in as few log reads as
-/// their sizes allow: from the log's in-memory tail, or as one O_DIRECT read of the file
-/// region that holds them, as a Kafka fetch reads (no second copy, no CRC check on the way
-/// out: append and recovery checked them).
+/// about `est` bytes), read in as few log reads as their sizes allow: from the log's in-memory
+/// tail, or as O_DIRECT reads of the file (no second copy, no CRC check on the way out: append
+/// and recovery checked them).
 async fn read_run(part: &Partition, wanted: &[(u64, u32)], est: u64) -> Vec<(u64, Bytes)> {
     let mut out = Vec::with_capacity(wanted.len());
     // The first wanted sequence not yet found.
