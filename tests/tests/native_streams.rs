@@ -554,7 +554,8 @@ fn a_large_purge_keeps_consumers_exact_and_survives_restart() {
 /// disk) in big fetches: every message once, in order, byte for byte — across the parts a
 /// fetch reads concurrently and the file regions those reads end inside of — and filtered
 /// consumers get exactly their subjects' messages: one whose messages interleave with others
-/// (its reads run through the gaps) and one whose messages are far apart (a read each).
+/// (its reads run through the gaps) and one whose messages are far apart (a read each); a
+/// consumer read with many pulls outstanding (their reads overlap) gets all, in order.
 #[test]
 fn a_backlog_is_read_back_from_disk_whole_and_in_order() {
     let dir = TestDir::new("native-backlog");
@@ -600,6 +601,9 @@ fn a_backlog_is_read_back_from_disk_whole_and_in_order() {
         rare.ack_policy = AckPolicy::None;
         rare.filter_subjects = vec!["b.rare".into()];
         c.add_consumer("B", rare).await.unwrap();
+        let mut piped = pull("piped", 30_000);
+        piped.ack_policy = AckPolicy::None;
+        c.add_consumer("B", piped).await.unwrap();
         let mut next = 0;
         while next < count {
             let got = c
@@ -653,6 +657,25 @@ fn a_backlog_is_read_back_from_disk_whole_and_in_order() {
                 .await
                 .unwrap();
             assert!(more.is_empty(), "{consumer}: {} more", more.len());
+        }
+        // Eight pulls outstanding, each reading its ~170 KB from the device while the ones
+        // after it take theirs: every message still comes whole and in order.
+        let opts = MessagesOptions {
+            batch: 100,
+            max_bytes: 256 << 10,
+            pulls: 8,
+            expires: Duration::from_secs(5),
+            ..MessagesOptions::default()
+        };
+        let mut msgs = c.messages("B", "piped", opts).unwrap();
+        for i in 0..count {
+            let m = tokio::time::timeout(Duration::from_secs(10), msgs.next())
+                .await
+                .unwrap_or_else(|_| panic!("piped: message {i} did not come"))
+                .unwrap()
+                .unwrap();
+            assert_eq!(m.meta.as_ref().unwrap().stream_seq, i as u64 + 1, "piped");
+            assert_eq!(m.data, &body(i)[..], "piped: message {i}");
         }
     });
 }

@@ -98,6 +98,14 @@ pub struct StreamHome {
 
 /// A pull request's place in its consumer's queue of waiting pulls. Leaving the queue —
 /// answered, expired, or dropped with its connection — wakes the pulls behind it.
+/// Messages a pull took, not yet read: (delivery, subject, timestamp, stored size) each, the
+/// ones past max_deliver (sequence, deliveries), and whether the consumer acks nothing.
+struct Picked {
+    messages: Vec<(sluice_core::consumer::Delivery, Arc<str>, i64, u32)>,
+    dead: Vec<(u64, u32)>,
+    ack_none: bool,
+}
+
 struct PullTicket<'a> {
     home: &'a StreamHome,
     consumer: &'a str,
@@ -110,10 +118,10 @@ impl PullTicket<'_> {
         let waiting = self.home.waiting.borrow();
         waiting.get(self.consumer).and_then(|q| q.front()) == Some(&self.id)
     }
-}
 
-impl Drop for PullTicket<'_> {
-    fn drop(&mut self) {
+    /// Leaves the consumer's queue of waiting pulls (again: nothing), letting the next pull
+    /// take if this one was first.
+    fn leave(&self) {
         let next_may_take = {
             let mut waiting = self.home.waiting.borrow_mut();
             let Some(q) = waiting.get_mut(self.consumer) else {
@@ -131,6 +139,23 @@ impl Drop for PullTicket<'_> {
         if next_may_take {
             self.home.pulls_moved.notify_all();
         }
+    }
+
+    /// Back at the head of the queue, after [`PullTicket::leave`]: a pull whose taken
+    /// messages were all removed before they were read waits on as the oldest.
+    fn rejoin_first(&self) {
+        self.home
+            .waiting
+            .borrow_mut()
+            .entry(self.consumer.to_string())
+            .or_default()
+            .push_front(self.id);
+    }
+}
+
+impl Drop for PullTicket<'_> {
+    fn drop(&mut self) {
+        self.leave();
     }
 }
 
@@ -881,7 +906,13 @@ impl StreamHome {
         batch: u32,
         max_bytes: u64,
     ) -> Result<(Vec<Delivered>, Vec<(u64, u32)>), Refusal> {
-        // Decide what goes out (synchronously), then read it with as few log reads as possible.
+        let picked = self.pick(consumer, batch, max_bytes)?;
+        Ok(self.read_picked(consumer, picked).await)
+    }
+
+    /// The first half of [`StreamHome::take`], synchronous: decides which messages go out
+    /// (the consumer's state moves past them) without reading them.
+    fn pick(&self, consumer: &str, batch: u32, max_bytes: u64) -> Result<Picked, Refusal> {
         let now = wall_clock_ms() as i64;
         let mut picked = Vec::new();
         let mut dead = Vec::new();
@@ -912,7 +943,25 @@ impl StreamHome {
                 c.config.ack_policy == AckPolicy::None,
             )
         };
-        let dead_out: Vec<(u64, u32)> = dead.into_iter().map(|s| (s, deliveries_max)).collect();
+        Ok(Picked {
+            messages: picked,
+            dead: dead.into_iter().map(|s| (s, deliveries_max)).collect(),
+            ack_none,
+        })
+    }
+
+    /// The second half of [`StreamHome::take`]: reads what [`StreamHome::pick`] decided, with
+    /// as few log reads as possible.
+    async fn read_picked(
+        &self,
+        consumer: &str,
+        picked: Picked,
+    ) -> (Vec<Delivered>, Vec<(u64, u32)>) {
+        let Picked {
+            messages: picked,
+            dead: dead_out,
+            ack_none,
+        } = picked;
         let sizes: Vec<(u64, u32)> = picked
             .iter()
             .map(|(d, _, _, size)| (d.stream_seq, *size))
@@ -948,7 +997,7 @@ impl StreamHome {
         if !out.is_empty() || !dead_out.is_empty() {
             self.dirty.set(true);
         }
-        Ok((out, dead_out))
+        (out, dead_out)
     }
 
     /// The stored batches of `seqs` (sequence, size), in sequence order, read in runs of
@@ -1076,12 +1125,21 @@ impl StreamHome {
                 self.pulls_moved.notified()
             };
             if first {
-                let (got, dead) = self
-                    .take(&req.consumer, req.batch.max(1), req.max_bytes)
-                    .await?;
+                let picked = self.pick(&req.consumer, req.batch.max(1), req.max_bytes)?;
+                // What this pull takes is decided: the next pull may take while this one
+                // reads (a consumer with several pulls outstanding keeps that many reads in
+                // flight, not one). Its messages still come before the next pull's.
+                let left = !picked.messages.is_empty();
+                if left {
+                    ticket.leave();
+                }
+                let (got, dead) = self.read_picked(&req.consumer, picked).await;
                 self.dead_letter(shard, &req.consumer, dead).await;
                 if !got.is_empty() || req.no_wait {
                     return Ok(got);
+                }
+                if left {
+                    ticket.rejoin_first();
                 }
             }
             let now = wall_clock_ms();
