@@ -665,7 +665,6 @@ fn a_backlog_is_read_back_from_disk_whole_and_in_order() {
             max_bytes: 256 << 10,
             pulls: 8,
             expires: Duration::from_secs(5),
-            ..MessagesOptions::default()
         };
         let mut msgs = c.messages("B", "piped", opts).unwrap();
         for i in 0..count {
