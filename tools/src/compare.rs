@@ -303,6 +303,8 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
     pin_self(&a.load_cpus)?;
     let rt = load_cmd::runtime()?;
     let mut table: Vec<Report> = Vec::new();
+    // (workload, system, slowest write or fdatasync the broker logged, ms).
+    let mut stalls: Vec<(String, String, u64)> = Vec::new();
     for workload in &a.workloads {
         let mut runs = Vec::new();
         for system in &a.systems {
@@ -345,6 +347,12 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
             ));
             drop(broker);
             let _ = std::fs::remove_dir_all(&data);
+            if let Some(ms) = std::fs::read_to_string(data.with_extension("log"))
+                .ok()
+                .and_then(|log| slowest_disk_ms(&log))
+            {
+                stalls.push((workload.clone(), system.clone(), ms));
+            }
             let r = r.map_err(|e| format!("{workload} on {system}: {e}"))?;
             r.print();
             if let Some(d) = &a.out_dir {
@@ -363,6 +371,14 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
         table.extend(runs);
     }
     print_table(&table, fio, fio_read, &durable, iperf);
+    if !stalls.is_empty() {
+        // What no peer reports: a durable write that stalls on the device holds every message
+        // behind it, and one such stall can be the whole of an e2e run's p99.
+        println!("\ndevice stalls Sluice logged (a write or fdatasync of 100 ms or more):");
+        for (w, s, ms) in &stalls {
+            println!("  {w:<8} {s}: slowest {ms} ms");
+        }
+    }
     if let Some(p) = &a.json {
         let mut workloads = Map::new();
         for r in &table {
@@ -378,6 +394,10 @@ pub fn compare(a: CompareArgs) -> Result<(), String> {
                 "cpu_s": r.cpu_s,
                 "rss_kib_max": r.rss_kib_max,
                 "steal_pct": r.steal_pct,
+                "slowest_disk_ms": stalls
+                    .iter()
+                    .find(|(w, s, _)| *w == r.workload && *s == r.system)
+                    .map(|(_, _, ms)| *ms),
             });
         }
         let out = json!({
@@ -506,5 +526,39 @@ fn print_table(
                 }
             }
         }
+    }
+}
+
+/// The slowest device write or fdatasync a Sluice broker's log reports ("sluice: slow disk: …
+/// the slowest N ms; …"), if any.
+fn slowest_disk_ms(log: &str) -> Option<u64> {
+    log.lines()
+        .filter(|l| l.contains("slow disk"))
+        .filter_map(|l| {
+            let rest = &l[l.find("the slowest ")? + "the slowest ".len()..];
+            rest[..rest.find(" ms")?].parse::<u64>().ok()
+        })
+        .max()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::slowest_disk_ms;
+
+    #[test]
+    fn the_slowest_reported_stall_is_found() {
+        let log = "sluice: slow disk: 1 write(s) or fdatasync(s) took 100 ms or more since the last \
+                   report, the slowest 363 ms; the latest: O_DSYNC write of /d/0.log, 363 ms\n\
+                   sluice: signal 15, stopping\n\
+                   sluice: slow disk: 4 write(s) or fdatasync(s) took 100 ms or more since the last \
+                   report, the slowest 1204 ms; the latest: fdatasync of /d/0.log, 101 ms\n\
+                   sluice: stopped cleanly\n";
+        assert_eq!(slowest_disk_ms(log), Some(1204));
+        assert_eq!(slowest_disk_ms("sluice: stopped cleanly\n"), None);
+        assert_eq!(
+            slowest_disk_ms("sluice: slow disk: the slowest many ms\n"),
+            None
+        );
+        assert_eq!(slowest_disk_ms(""), None);
     }
 }
