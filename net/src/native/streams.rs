@@ -96,8 +96,6 @@ pub struct StreamHome {
     next_flow_token: Cell<u64>,
 }
 
-/// A pull request's place in its consumer's queue of waiting pulls. Leaving the queue —
-/// answered, expired, or dropped with its connection — wakes the pulls behind it.
 /// Messages a pull took, not yet read: (delivery, subject, timestamp, stored size) each, the
 /// ones past max_deliver (sequence, deliveries), and whether the consumer acks nothing.
 struct Picked {
@@ -106,6 +104,8 @@ struct Picked {
     ack_none: bool,
 }
 
+/// A pull request's place in its consumer's queue of waiting pulls. Leaving the queue —
+/// answered, expired, or dropped with its connection — wakes the pulls behind it.
 struct PullTicket<'a> {
     home: &'a StreamHome,
     consumer: &'a str,
