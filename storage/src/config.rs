@@ -75,6 +75,9 @@ impl Default for LogConfig {
             // 256 KiB: a stretch is written beside a round's data, and a 1 MiB one took 3–5 ms
             // on the device here, stalling that round and its neighbours' (Kafka e2e p99 after
             // a burst of big batches 6–8 ms with 1 MiB stretches, 3.9–4.1 ms with 256 KiB).
+            // Stretches large enough to cover a saturated produce's ~2 MB rounds (up to 8 MiB,
+            // not waited for) saved the io-wq thread but wrote every byte twice: no faster
+            // (BENCHMARKS.md, after the twenty-second run).
             preallocate_bytes: 256 << 10,
         }
     }
