@@ -77,7 +77,7 @@ impl Default for LogConfig {
             // a burst of big batches 6–8 ms with 1 MiB stretches, 3.9–4.1 ms with 256 KiB).
             // Stretches large enough to cover a saturated produce's ~2 MB rounds (up to 8 MiB,
             // not waited for) saved the io-wq thread but wrote every byte twice: no faster
-            // (BENCHMARKS.md, after the twenty-second run).
+            // (BENCHMARKS.md, twenty-third run).
             preallocate_bytes: 256 << 10,
         }
     }
