@@ -56,7 +56,8 @@ pub struct LogConfig {
     /// then overwrite allocated blocks inside the file, so under `fsync = always` an
     /// fdatasync has no size or extent change to commit, and io_uring need not punt the
     /// O_DIRECT write to a worker thread. The stretch grows with the segment (from 64 KiB),
-    /// so a quiet log preallocates little; a roll cuts the zeroes off.
+    /// so a quiet log preallocates little; a round writing more than a quarter of this takes
+    /// none (it would outrun them); a roll cuts the zeroes off.
     pub preallocate_bytes: u64,
 }
 
@@ -77,7 +78,8 @@ impl Default for LogConfig {
             // a burst of big batches 6–8 ms with 1 MiB stretches, 3.9–4.1 ms with 256 KiB).
             // Stretches large enough to cover a saturated produce's ~2 MB rounds (up to 8 MiB,
             // not waited for) saved the io-wq thread but wrote every byte twice: no faster
-            // (BENCHMARKS.md, twenty-third run).
+            // (BENCHMARKS.md, twenty-third run); such rounds now take no zeroes at all
+            // (twenty-fourth run).
             preallocate_bytes: 256 << 10,
         }
     }

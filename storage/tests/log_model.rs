@@ -843,6 +843,55 @@ fn zeroes_are_preallocated_ahead_and_cut_by_rolls_and_recovery() {
     });
 }
 
+/// A round longer than a quarter of the preallocation stretch writes no zeroes beside it (it
+/// would outrun them at once): the file ends at its data. Small rounds after it preallocate
+/// again, and everything reads back across a crash.
+#[test]
+fn large_rounds_write_no_zeroes() {
+    block_on(async {
+        let disk = SimDisk::new();
+        let cfg = LogConfig {
+            segment_bytes_max: 1 << 20,
+            retention_bytes: None,
+            write_buffer_bytes_max: 256 * 1024,
+            preallocate_bytes: 64 * 1024,
+            ..config(FsyncPolicy::Always)
+        };
+        let first = PathBuf::from("/sim/big/00000000000000000000.log");
+        let log = Log::open(disk.clone(), "/sim/big", cfg, 0).await.unwrap();
+        let mut appended = Vec::new();
+        for i in 0..4 {
+            // ~20 KiB a round: over a quarter of 64 KiB.
+            let mut b = make_batch(i, 4, 5_000, 0);
+            log.append(1, &mut b).await.unwrap();
+            appended.extend_from_slice(&b);
+            assert_eq!(
+                disk.file_len(&first),
+                Some(align_up(appended.len())),
+                "round {i}: the file ends at the block holding its last data"
+            );
+        }
+        let mut b = make_batch(4, 2, 500, 0);
+        log.append(1, &mut b).await.unwrap();
+        appended.extend_from_slice(&b);
+        let file = disk.file_len(&first).unwrap();
+        assert!(
+            file >= appended.len() + 32 * 1024,
+            "a small round preallocates again (file {file}, data {})",
+            appended.len()
+        );
+        drop(log);
+        disk.crash(|_| true);
+        let log = Log::open(disk.clone(), "/sim/big", cfg, 2).await.unwrap();
+        assert_eq!(log.end_offset(), Offset(4 * 4 + 2));
+        assert_eq!(log.read(Offset(0), 1 << 20).await.unwrap(), appended);
+    });
+}
+
+fn align_up(n: usize) -> usize {
+    n.div_ceil(4096) * 4096
+}
+
 /// A stamped append leaves the caller's bytes alone and stores the leader epoch and the
 /// LogAppendTime in the log's copy, with a CRC that matches the rewritten header; the time
 /// index then knows the batch by its append time, also after a reopen (read from the disk).
