@@ -8,7 +8,7 @@ use futures_lite::future::block_on;
 use proptest::prelude::*;
 use sluice_core::batch::{self, BatchBuilder, BatchHeader, Compression};
 use sluice_core::Offset;
-use sluice_storage::disk::Disk;
+use sluice_storage::disk::{align_up, Disk};
 use sluice_storage::{FsyncPolicy, Log, LogConfig, LogError, SimDisk};
 
 #[derive(Debug, Clone)]
@@ -867,7 +867,7 @@ fn large_rounds_write_no_zeroes() {
             appended.extend_from_slice(&b);
             assert_eq!(
                 disk.file_len(&first),
-                Some(align_up(appended.len())),
+                Some(align_up(appended.len() as u64) as usize),
                 "round {i}: the file ends at the block holding its last data"
             );
         }
@@ -886,10 +886,6 @@ fn large_rounds_write_no_zeroes() {
         assert_eq!(log.end_offset(), Offset(4 * 4 + 2));
         assert_eq!(log.read(Offset(0), 1 << 20).await.unwrap(), appended);
     });
-}
-
-fn align_up(n: usize) -> usize {
-    n.div_ceil(4096) * 4096
 }
 
 /// A stamped append leaves the caller's bytes alone and stores the leader epoch and the
